@@ -1,0 +1,100 @@
+"""Small helpers shared by every script: atomic writes, device choice, CLI error handling.
+
+One definition each; scripts import these instead of re-implementing them.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import tempfile
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Callable, Iterator
+
+import numpy as np
+import torch
+
+
+class UserError(Exception):
+    """An error caused by the user's input (bad file, missing folder, wrong flag).
+
+    Scripts raise it with one line that names the file and the fix; `run_main` prints it to stderr
+    and exits 1, without a traceback.
+    """
+
+
+@contextmanager
+def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
+    """Yield a temporary path in the same directory as `path`; on success move it over `path`.
+
+    The temporary file is created next to the target so `os.replace` is an atomic rename on the
+    same filesystem. On any exception (including KeyboardInterrupt) the temporary file is removed
+    and `path` is left exactly as it was: a reader never sees a half-written file.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    tmp_path = Path(tmp)
+    try:
+        yield tmp_path
+        with open(tmp_path, "rb+") as f:  # make the bytes durable before the rename
+            os.fsync(f.fileno())
+        os.replace(tmp_path, path)
+    except BaseException:
+        tmp_path.unlink(missing_ok=True)
+        raise
+
+
+def atomic_torch_save(obj, path: str | os.PathLike) -> None:
+    """`torch.save(obj, path)` that never leaves a partial file at `path`."""
+    with atomic_path(path) as tmp:
+        torch.save(obj, tmp)
+
+
+def torch_load(path: str | os.PathLike, map_location="cpu"):
+    """Load a checkpoint or feature file safely (`weights_only=True`: tensors, numbers, strings,
+    lists and dicts only, no pickled code)."""
+    return torch.load(path, map_location=map_location, weights_only=True)
+
+
+def atomic_write_wav(path: str | os.PathLike, audio: np.ndarray, sample_rate: int) -> None:
+    """Write mono float audio `[T]` (range -1..1) as 16-bit PCM WAV, atomically."""
+    import soundfile as sf
+
+    audio = np.asarray(audio, dtype=np.float32)
+    with atomic_path(path) as tmp:
+        sf.write(tmp, audio, sample_rate, subtype="PCM_16", format="WAV")
+
+
+def pick_device(name: str = "auto") -> torch.device:
+    """`auto` -> cuda if available else cpu; `cpu`/`cuda`/`cuda:N` as given.
+
+    Raises UserError when cuda is asked for but not available.
+    """
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise UserError(f"--device {name}: CUDA is not available on this machine; use --device cpu or auto")
+    return torch.device(name)
+
+
+class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
+    """Shows defaults in --help and keeps the description's line breaks."""
+
+
+def run_main(main: Callable[[list[str] | None], int | None]) -> None:
+    """Run a script's `main()` with the project's exit-code convention.
+
+    0 on success (or main's return value), 1 with one line on stderr for a UserError, 130 on CTRL+C.
+    """
+    try:
+        code = main(None)
+    except UserError as e:
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(1)
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        sys.exit(130)
+    sys.exit(code or 0)

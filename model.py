@@ -68,7 +68,7 @@ def mlp(in_size: int, hidden: int, layers: int) -> nn.Sequential:
     """`layers` x (Linear -> LayerNorm -> LeakyReLU)."""
     mods = []
     for i in range(layers):
-        mods += [nn.Linear(in_size if i == 0 else hidden, hidden), nn.LayerNorm(hidden), nn.LeakyReLU()]
+        mods += [nn.Linear(in_size if i == 0 else hidden, hidden), nn.LayerNorm(hidden), nn.LeakyReLU(inplace=True)]
     return nn.Sequential(*mods)
 
 

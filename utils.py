@@ -16,6 +16,10 @@ import numpy as np
 import torch
 
 
+_UMASK = os.umask(0)
+os.umask(_UMASK)
+
+
 class UserError(Exception):
     """An error caused by the user's input (bad file, missing folder, wrong flag).
 
@@ -37,6 +41,7 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     os.close(fd)
     tmp_path = Path(tmp)
+    os.chmod(tmp_path, 0o666 & ~_UMASK)  # mkstemp makes 0600; give the file a normal mode
     try:
         yield tmp_path
         with open(tmp_path, "rb+") as f:  # make the bytes durable before the rename

@@ -60,7 +60,7 @@ def build_config(**overrides) -> dict:
 
 
 def hz_to_midi(f0_hz: torch.Tensor) -> torch.Tensor:
-    """Hz -> MIDI note number (69 = A4 = 440 Hz); f0 <= 0 is treated as 1e-3 Hz... clamped to 0 MIDI."""
+    """Hz -> MIDI note number (69 = A4 = 440 Hz), clamped at MIDI 0 (f0 <= 8.2 Hz, including 0)."""
     return (12.0 * torch.log2(f0_hz.clamp_min(1e-3) / 440.0) + 69.0).clamp_min(0.0)
 
 
@@ -195,8 +195,11 @@ class NeuralGuitar(nn.Module):
 
     def forward(self, f0_hz: torch.Tensor, loudness_db: torch.Tensor, white_noise=None) -> dict:
         controls, _ = self.decode(f0_hz, loudness_db)
-        out = self.synthesize(controls, f0_hz, white_noise)
-        out["audio"] = self.reverb(out["dry"]) if self.reverb is not None else out["dry"]
+        # The decoder may run under autocast (--amp); the DSP needs float32 (phase accuracy, FFTs).
+        controls = {k: v.float() for k, v in controls.items()}
+        with torch.autocast(f0_hz.device.type, enabled=False):
+            out = self.synthesize(controls, f0_hz.float(), white_noise)
+            out["audio"] = self.reverb(out["dry"]) if self.reverb is not None else out["dry"]
         out.update(controls)
         return out
 
@@ -206,8 +209,9 @@ class NeuralGuitar(nn.Module):
         """Render a long input in chunks with bounded memory; equals `forward` up to float rounding.
 
         The decoder runs chunk by chunk carrying its state (GRU hidden / transformer context). The
-        synthesizer renders each chunk with `margin` frames of controls on both sides (amplitude
-        interpolation looks one frame ahead, the noise FIR half a filter length each way) and keeps the
+        synthesizer renders each chunk with `margin` (>= 2) frames of controls on both sides (a frame's
+        partial amplitudes depend on f0 one frame back and two ahead through the Nyquist mask and the
+        amplitude ramp, the noise FIR on half a filter length each way) and keeps the
         middle, carrying every partial's phase; the reverb carries its tail. Every frame's controls and
         white noise are made once, so seams are seamless (no change of noise realisation either).
 
@@ -283,3 +287,18 @@ def load_model(path, device="cpu") -> NeuralGuitar:
     model = NeuralGuitar.from_config(ckpt["config"]).to(device)
     model.load_state_dict(ckpt["model"])
     return model.eval()
+
+
+def export_for_inference(checkpoint_path, out_path, info: dict | None = None) -> dict:
+    """Write a small inference checkpoint from a training one: `model` weights, `config`, `version`
+    and an optional `info` dict (how it was made); no optimizer/scheduler/RNG state.
+
+    The output loads with `load_model` (weights_only=True). Returns the written dict.
+    """
+    from utils import atomic_torch_save
+
+    model = load_model(checkpoint_path)
+    payload = {"model": {k: v.detach().cpu().clone() for k, v in model.state_dict().items()},
+               "config": dict(model.config), "version": MODEL_VERSION, "info": dict(info or {})}
+    atomic_torch_save(payload, out_path)
+    return payload

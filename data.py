@@ -1,0 +1,321 @@
+"""Training data: preprocessed feature files (`preprocess.py` -> `<name>.pt`) -> aligned random crops.
+
+Each item is one crop of `crop_seconds` taken from one file, with audio and frame features aligned on
+the frame grid: a crop starting at frame `s` holds
+
+    audio[s * HOP : s * HOP + crop_samples]      (crop_samples = crop_frames * HOP)
+    f0_hz / loudness_db / periodicity[s : s + crop_frames]
+
+(frame i is centred on sample i * HOP, see features.py; the file's audio is zero-padded at load time to
+exactly F * HOP samples so every frame has its HOP samples).
+
+Decisions (documented here once):
+- Split: by file, from a hash (SHA-1) of the file's path relative to `data_dir` (POSIX form), so the
+  split is the same on every machine and does not depend on `seed` or on which other files exist. A
+  file is in "val" when its hash, read as a number in [0, 1), is below `val_fraction`. With >= 2
+  files (and val_fraction > 0) each split gets at least one file: if the hash puts none in val, the
+  file with the smallest hash moves there; if it puts all there, the one with the largest hash goes back
+  to train. With a single file, val is empty (train.py then validates on nothing and says so).
+- Length: an epoch has `sum(max(1, F_i // crop_frames))` crops, i.e. about one pass over the audio.
+  Item i belongs to file j for the j-th block of that many indices; its start frame is drawn uniformly
+  from the file's non-silent crop positions with an RNG seeded by (seed, epoch, i). Crops are
+  therefore a pure function of (seed, epoch, index): reproducible, independent of DataLoader workers,
+  and an interrupted epoch resumes with exactly the same crops (call `set_epoch` each epoch).
+- Silence: a crop whose loudness never reaches `silence_db` (default features.SILENCE_DB, -70 dB) is
+  never drawn (the set of allowed start frames is precomputed, so nothing is re-drawn). Files that are
+  silent throughout are left out, with a warning; if every file is silent that is a UserError.
+- Short files (fewer frames than a crop): the crop is the whole file, padded at the end: audio with
+  zeros, f0 with its last value (keeps log-pitch finite), periodicity with 0, loudness with the floor
+  of digital silence (-LOUDNESS_RANGE_DB = -80 dB, features.py). `mask` [crop_frames] is 1 for real
+  frames and 0 for padding (train.py zeroes the prediction there, so padding costs nothing in the
+  loss). Every item carries `mask`, all ones for ordinary crops, so batches collate.
+- Validation ("val"): deterministic crops that tile each val file (start frames 0, C, 2C, ..., the last
+  one moved back to end with the file), silent tiles left out; the same every epoch, so val losses are
+  comparable across epochs.
+- Statistics (`stats`, for the model config): always computed over the TRAIN split (see
+  `dataset_statistics`).
+
+Memory: every file of the split is held in RAM (float32 audio, ~64 kB per second of audio), which
+keeps items cheap and lets DataLoader workers share the tensors after fork.
+"""
+from __future__ import annotations
+
+import hashlib
+import warnings
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset
+
+from features import FEATURE_VERSION, FRAME_RATE, HOP, LOUDNESS_RANGE_DB, SAMPLE_RATE, SILENCE_DB, n_frames
+from utils import UserError, torch_load
+
+FEATURE_KEYS = ("audio", "f0_hz", "periodicity", "loudness_db")
+REQUIRED_KEYS = FEATURE_KEYS + ("sample_rate", "hop", "version")
+VOICED_PERIODICITY = 0.5  # frames with periodicity above this count as pitched for `mean_midi`
+
+
+# ---- files ---------------------------------------------------------------------------------------
+
+def find_feature_files(data_dir: str | Path) -> list[Path]:
+    """All `*.pt` files under `data_dir` (recursive), sorted by relative path.
+
+    Raises UserError (one line) when the folder is missing or holds no .pt files.
+    """
+    data_dir = Path(data_dir)
+    if not data_dir.is_dir():
+        raise UserError(f"--data_dir {data_dir}: folder not found; run preprocess.py first "
+                        f"(it writes data/processed/<set>/*.pt) or pass the folder that holds the .pt files")
+    files = sorted(p for p in data_dir.rglob("*.pt") if p.is_file())
+    if not files:
+        raise UserError(f"--data_dir {data_dir}: no .pt feature files in it; run preprocess.py on your "
+                        f"audio first, or pass the folder that holds its output")
+    return files
+
+
+def load_feature_file(path: str | Path) -> dict:
+    """Load and validate one feature file.
+
+    Returns dict(audio f32[F*HOP] (zero-padded to whole frames), f0_hz / periodicity / loudness_db
+    f32[F]). Raises UserError naming the file and preprocess.py for anything unusable: unreadable
+    file, missing keys, other feature version, wrong rates, misaligned lengths, NaN/inf values.
+    """
+    path = Path(path)
+    try:
+        d = torch_load(path)
+    except Exception as e:  # truncated/corrupt file, not a torch file, unsafe pickle
+        raise UserError(f"{path}: cannot be read as a feature file ({type(e).__name__}); "
+                        f"delete it and re-run preprocess.py") from None
+    if not isinstance(d, dict):
+        raise UserError(f"{path}: not a Neural Guitar feature file; re-run preprocess.py")
+    version = d.get("version")
+    if version is None or (isinstance(version, int) and version < FEATURE_VERSION):
+        raise UserError(f"{path}: made by an older preprocess.py (feature version {version}, this code "
+                        f"needs {FEATURE_VERSION}); re-run preprocess.py")
+    if version != FEATURE_VERSION:
+        raise UserError(f"{path}: feature version {version!r} is not the {FEATURE_VERSION} this code reads "
+                        f"(made by a newer preprocess.py?); re-run this code's preprocess.py")
+    missing = [k for k in REQUIRED_KEYS if k not in d]
+    if missing:
+        raise UserError(f"{path}: missing {', '.join(missing)}; re-run preprocess.py")
+    if int(d["sample_rate"]) != SAMPLE_RATE or int(d["hop"]) != HOP:
+        raise UserError(f"{path}: sample_rate {d['sample_rate']} / hop {d['hop']}, expected {SAMPLE_RATE} / "
+                        f"{HOP}; re-run preprocess.py")
+    out = {}
+    for k in FEATURE_KEYS:
+        v = d[k]
+        if not isinstance(v, torch.Tensor) or v.dim() != 1:
+            raise UserError(f"{path}: '{k}' must be a 1-D tensor; re-run preprocess.py")
+        v = v.to(torch.float32)
+        if not torch.isfinite(v).all():
+            raise UserError(f"{path}: '{k}' contains NaN or inf; re-run preprocess.py on its source audio")
+        out[k] = v
+    T, F = out["audio"].numel(), n_frames(out["audio"].numel())
+    for k in FEATURE_KEYS[1:]:
+        if out[k].numel() != F:
+            raise UserError(f"{path}: '{k}' has {out[k].numel()} frames but {T} samples need {F}; "
+                            f"re-run preprocess.py")
+    if F == 0:
+        raise UserError(f"{path}: holds no audio; delete it or re-run preprocess.py")
+    out["audio"] = torch.nn.functional.pad(out["audio"], (0, F * HOP - T))
+    return out
+
+
+def split_fraction(relative_path: str) -> float:
+    """Stable position in [0, 1) of a file for the train/val split (SHA-1 of its POSIX relative path)."""
+    digest = hashlib.sha1(relative_path.encode("utf-8")).digest()
+    return int.from_bytes(digest[:8], "big") / 2.0 ** 64
+
+
+def split_files(relative_paths: list[str], val_fraction: float) -> tuple[list[str], list[str]]:
+    """Deterministic file-level split -> (train, val), both sorted. See the module docstring."""
+    if not 0.0 <= val_fraction < 1.0:
+        raise UserError(f"--val_fraction {val_fraction}: must be in [0, 1)")
+    pos = {p: split_fraction(p) for p in relative_paths}
+    val = {p for p in relative_paths if pos[p] < val_fraction}
+    if len(relative_paths) >= 2 and val_fraction > 0:
+        if not val:
+            val = {min(relative_paths, key=pos.get)}
+        elif len(val) == len(relative_paths):
+            val.discard(max(relative_paths, key=pos.get))
+    train = sorted(p for p in relative_paths if p not in val)
+    return train, sorted(val)
+
+
+# ---- statistics ----------------------------------------------------------------------------------
+
+def dataset_statistics(files: list, silence_db: float = SILENCE_DB) -> dict:
+    """Training-set statistics for the model config.
+
+    Args:
+        files: feature dicts (as from `load_feature_file`) or paths to .pt files.
+    Returns:
+        dict(loudness_mean, loudness_std: float dB over non-silent frames (loudness >= silence_db);
+             loudness_quantiles: 101 floats, dB, the 0..100 % quantiles of those frames;
+             mean_midi: float, mean MIDI pitch of voiced frames (periodicity > 0.5, f0 > 0)).
+        Plain Python numbers, so the dict can go into a checkpoint config.
+    """
+    feats = [f if isinstance(f, dict) else load_feature_file(f) for f in files]
+    if not feats:
+        raise UserError("no training files to compute dataset statistics from; check --data_dir")
+    loud = np.concatenate([f["loudness_db"].numpy() for f in feats]).astype(np.float64)
+    loud = loud[loud >= silence_db]
+    if loud.size == 0:
+        raise UserError(f"every frame of the training files is below {silence_db} dB (silent); "
+                        f"check the audio given to preprocess.py")
+    f0 = np.concatenate([f["f0_hz"].numpy() for f in feats]).astype(np.float64)
+    per = np.concatenate([f["periodicity"].numpy() for f in feats])
+    voiced = (per > VOICED_PERIODICITY) & (f0 > 0)
+    if not voiced.any():
+        warnings.warn("no voiced frames (periodicity > 0.5) in the training files; mean_midi uses all "
+                      "frames with f0 > 0")
+        voiced = f0 > 0
+    mean_midi = float(np.mean(12.0 * np.log2(f0[voiced] / 440.0) + 69.0)) if voiced.any() else 60.0
+    return {
+        "loudness_mean": float(loud.mean()),
+        "loudness_std": float(max(loud.std(), 1e-3)),
+        "loudness_quantiles": [float(q) for q in np.quantile(loud, np.linspace(0.0, 1.0, 101))],
+        "mean_midi": mean_midi,
+    }
+
+
+# ---- dataset -------------------------------------------------------------------------------------
+
+class NeuralGuitarDataset(Dataset):
+    """Aligned crops of audio and frame features from the .pt files under `data_dir`.
+
+    Args:
+        data_dir: folder searched recursively for `*.pt` feature files.
+        crop_seconds: crop length; rounded to whole frames (crop_frames = round(s * 250)).
+        split: "train" (random crops, see `set_epoch`) or "val" (fixed tiling crops).
+        val_fraction: share of files (by hash) held out for validation.
+        seed: seeds the crop positions of the train split.
+        silence_db: crops whose loudness stays below this are never drawn.
+
+    Item: dict(audio f32[crop_samples] (-1..1), f0_hz f32[crop_frames] Hz, loudness_db
+        f32[crop_frames] dB, periodicity f32[crop_frames] 0..1, mask f32[crop_frames] 1 = real frame).
+    """
+
+    def __init__(self, data_dir, crop_seconds: float = 4.0, split: str = "train", val_fraction: float = 0.1,
+                 seed: int = 0, silence_db: float = SILENCE_DB):
+        if split not in ("train", "val"):
+            raise ValueError(f"split must be 'train' or 'val', not {split!r}")
+        self.data_dir = Path(data_dir)
+        self.split, self.seed, self.silence_db = split, int(seed), float(silence_db)
+        self.crop_frames = max(1, int(round(crop_seconds * FRAME_RATE)))
+        self.crop_samples = self.crop_frames * HOP
+        self.epoch = 0
+        paths = find_feature_files(self.data_dir)
+        rel = [p.relative_to(self.data_dir).as_posix() for p in paths]
+        train, val = split_files(rel, val_fraction)
+        self.train_files, self.val_files = train, val
+        self.files = train if split == "train" else val
+        self._stats = None
+        self._train_feats = None
+        self.items, self.starts, self.names = [], [], []  # loaded features, allowed start frames, names
+        for name in self.files:
+            feat = load_feature_file(self.data_dir / name)
+            starts = self._allowed_starts(feat["loudness_db"])
+            if starts.size == 0:
+                warnings.warn(f"{self.data_dir / name}: silent throughout (below {self.silence_db} dB); "
+                              f"left out of the {split} split")
+                continue
+            self.items.append(feat)
+            self.starts.append(starts)
+            self.names.append(name)
+        if split == "train":
+            self._train_feats = self.items
+            if not self.items:
+                raise UserError(f"--data_dir {self.data_dir}: every training file is silent (below "
+                                f"{self.silence_db} dB); check the audio given to preprocess.py")
+            counts = [max(1, self._n_frames(f) // self.crop_frames) for f in self.items]
+            self.index = np.cumsum([0] + counts)  # item i -> file searchsorted(index, i, 'right') - 1
+        else:
+            # fixed tiles: (file, start) for every non-silent tile of every val file
+            self.tiles = []
+            for j, (feat, starts) in enumerate(zip(self.items, self.starts)):
+                allowed = set(starts.tolist())
+                last = max(self._n_frames(feat) - self.crop_frames, 0)
+                tiles = sorted({min(s, last) for s in range(0, max(self._n_frames(feat), 1), self.crop_frames)})
+                self.tiles += [(j, s) for s in tiles if s in allowed]
+
+    # -- helpers --
+    @staticmethod
+    def _n_frames(feat: dict) -> int:
+        return feat["loudness_db"].numel()
+
+    def _allowed_starts(self, loudness_db: torch.Tensor) -> np.ndarray:
+        """Start frames whose crop has at least one frame at or above silence_db (int64 array)."""
+        loud = (loudness_db.numpy() >= self.silence_db).astype(np.int64)
+        F = loud.size
+        if F <= self.crop_frames:
+            return np.zeros(1, dtype=np.int64) if loud.any() else np.zeros(0, dtype=np.int64)
+        c = np.concatenate([[0], np.cumsum(loud)])
+        n_loud = c[self.crop_frames:] - c[:-self.crop_frames]  # frames above the floor in crop at s
+        return np.nonzero(n_loud > 0)[0].astype(np.int64)
+
+    def _crop(self, feat: dict, start: int) -> dict:
+        C, Fn = self.crop_frames, self._n_frames(feat)
+        end = min(start + C, Fn)
+        n = end - start
+        audio = feat["audio"][start * HOP: end * HOP]
+        f0 = feat["f0_hz"][start:end]
+        loud = feat["loudness_db"][start:end]
+        per = feat["periodicity"][start:end]
+        mask = torch.ones(C, dtype=torch.float32)
+        if n < C:  # short file: pad to a full crop (see module docstring)
+            pad = C - n
+            floor = -LOUDNESS_RANGE_DB
+            audio = torch.nn.functional.pad(audio, (0, pad * HOP))
+            f0 = torch.cat([f0, f0[-1:].expand(pad)])
+            loud = torch.cat([loud, torch.full((pad,), floor)])
+            per = torch.nn.functional.pad(per, (0, pad))
+            mask[n:] = 0.0
+        return {"audio": audio.clone(), "f0_hz": f0.clone(), "loudness_db": loud.clone(),
+                "periodicity": per.clone(), "mask": mask}
+
+    # -- public --
+    def set_epoch(self, epoch: int) -> None:
+        """Select the epoch's crop positions (train split); call before iterating each epoch."""
+        self.epoch = int(epoch)
+
+    @property
+    def stats(self) -> dict:
+        """`dataset_statistics` of the TRAIN split (loaded on demand for a val dataset)."""
+        if self._stats is None:
+            if self._train_feats is None:
+                self._train_feats = [load_feature_file(self.data_dir / n) for n in self.train_files]
+            self._stats = dataset_statistics(self._train_feats, self.silence_db)
+        return self._stats
+
+    def __len__(self) -> int:
+        return int(self.index[-1]) if self.split == "train" else len(self.tiles)
+
+    def __getitem__(self, i: int) -> dict:
+        if not 0 <= i < len(self):
+            raise IndexError(i)
+        if self.split == "val":
+            j, start = self.tiles[i]
+            return self._crop(self.items[j], start)
+        j = int(np.searchsorted(self.index, i, side="right") - 1)
+        rng = np.random.default_rng([self.seed, self.epoch, i])
+        starts = self.starts[j]
+        return self._crop(self.items[j], int(starts[rng.integers(starts.size)]))
+
+    def example(self) -> dict:
+        """A fixed, loud crop (the same on every call), e.g. for listening to reconstructions: the
+        loudest (mean loudness) val tile, or for train the loudest crop position of the first file."""
+        if self.split == "val":
+            scores = [float(self.items[j]["loudness_db"][s: s + self.crop_frames].mean()) for j, s in self.tiles]
+            return self[int(np.argmax(scores))]
+        feat, starts = self.items[0], self.starts[0]
+        starts = starts[:: max(1, self.crop_frames // 4)]
+        scores = [float(feat["loudness_db"][s: s + self.crop_frames].mean()) for s in starts]
+        return self._crop(feat, int(starts[int(np.argmax(scores))]))
+
+    def describe(self) -> str:
+        """One line: files, hours of audio, crops per epoch."""
+        seconds = sum(f["audio"].numel() for f in self.items) / SAMPLE_RATE
+        return (f"{self.split}: {len(self.items)} files, {seconds / 60:.1f} min of audio, {len(self)} crops of "
+                f"{self.crop_frames / FRAME_RATE:g} s")

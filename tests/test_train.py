@@ -1,0 +1,340 @@
+"""train.py end to end on a tiny model and a tiny Karplus-Strong dataset (CPU).
+
+Covers: checkpoints + W&B offline files read back from disk, exact resume (epoch boundary, mid-epoch,
+after SIGINT), SIGKILL during checkpoint writes, torchrun/DDP with gloo, loss going down, config
+conflicts, --fresh, NaN steps. Feature files are written directly in preprocess.py's schema (no CREPE).
+"""
+import os
+import re
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+import features
+from conftest import pluck
+import train
+from loss import MultiResolutionSTFTLoss
+from model import NeuralGuitar, load_model
+from utils import UserError, torch_load
+
+REPO = Path(__file__).resolve().parents[1]
+SR, HOP = features.SAMPLE_RATE, features.HOP
+PITCHES = (110.0, 146.8, 196.0, 220.0, 246.9, 329.6)
+# a tiny model on 1 s crops: one step takes well under a second on a busy CPU core
+TINY = ["--crop_seconds", "1", "--batch_size", "2", "--hidden_size", "32", "--n_harmonics", "16",
+        "--n_noise_bands", "17", "--reverb_seconds", "0.25", "--num_workers", "0", "--seed", "0",
+        "--deterministic"]
+
+
+def write_pluck_file(path, pitches, seed, note_seconds=0.5):
+    """A melody of Karplus-Strong plucks (conftest.pluck), f0 = the known pitches, periodicity 1."""
+    audio = np.concatenate([pluck(p, note_seconds, seed=seed * 10 + k) for k, p in enumerate(pitches)])
+    F = features.n_frames(audio.size)
+    f0 = np.repeat(np.asarray(pitches, np.float32), int(note_seconds * features.FRAME_RATE))[:F]
+    torch.save({"audio": torch.from_numpy(audio), "f0_hz": torch.from_numpy(f0), "periodicity": torch.ones(F),
+                "loudness_db": torch.as_tensor(features.compute_loudness(audio)), "sample_rate": SR,
+                "frame_rate": features.FRAME_RATE, "hop": HOP, "source": path.name, "crepe_model": "none",
+                "version": features.FEATURE_VERSION}, path)
+
+
+def make_dataset(folder, n_files=4):
+    folder.mkdir(parents=True, exist_ok=True)
+    for i in range(n_files):
+        write_pluck_file(folder / f"pluck_{i}.pt", [PITCHES[(i + k) % 6] for k in range(6)], seed=i)
+    return folder
+
+
+def read_wandb_records(wandb_file):
+    """Records of a W&B transaction log (run-<id>.wandb): a 7-byte header (':W&B', magic, version),
+    then LevelDB log format (32 KiB blocks; 7-byte record headers: crc32 u32, length u16, type u8 with
+    FULL=1, FIRST=2, MIDDLE=3, LAST=4), each payload a wandb_internal_pb2.Record protobuf."""
+    from wandb.proto import wandb_internal_pb2
+
+    data = Path(wandb_file).read_bytes()
+    assert data[:4] == b":W&B"
+    block, pos, buf, records = 32768, 7, b"", []
+    while pos + 7 <= len(data):
+        left = block - pos % block
+        if left < 7:  # block trailer
+            pos += left
+            continue
+        length, kind = int.from_bytes(data[pos + 4:pos + 6], "little"), data[pos + 6]
+        if kind == 0:  # zero padding up to the next block
+            pos += left
+            continue
+        payload = data[pos + 7:pos + 7 + length]
+        pos += 7 + length
+        buf = payload if kind in (1, 2) else buf + payload
+        if kind in (1, 4):
+            rec = wandb_internal_pb2.Record()
+            rec.ParseFromString(buf)
+            records.append(rec)
+    return records
+
+
+def wandb_history(wandb_file):
+    """[{key: value}] of the logged history rows (values JSON-decoded where they are numbers)."""
+    rows = []
+    for rec in read_wandb_records(wandb_file):
+        if rec.WhichOneof("record_type") == "history":
+            rows.append({(it.key or "/".join(it.nested_key)): it.value_json for it in rec.history.item})
+    return rows
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    """Same thread count as the subprocesses (OMP_NUM_THREADS=1): identical float results, and kind to
+    a shared CPU."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+@pytest.fixture(scope="module")
+def data_dir(tmp_path_factory):
+    return make_dataset(tmp_path_factory.mktemp("plucks"))
+
+
+@pytest.fixture(scope="module")
+def reference(data_dir, tmp_path_factory):
+    """Run A: 2 epochs without interruption. Returns its final model state_dict."""
+    ckpt = tmp_path_factory.mktemp("ref")
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        assert train.main(["--data_dir", str(data_dir), "--checkpoint_dir", str(ckpt), "--epochs", "2",
+                           "--wandb", "disabled", *TINY]) == 0
+    finally:
+        torch.set_num_threads(n)
+    return torch_load(ckpt / "latest.pth")
+
+
+def run(data_dir, ckpt, *extra, wandb="disabled"):
+    return train.main(["--data_dir", str(data_dir), "--checkpoint_dir", str(ckpt), "--wandb", wandb, *TINY,
+                       *map(str, extra)])
+
+
+def subprocess_env():
+    return dict(os.environ, OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1", WANDB_MODE="disabled")
+
+
+def assert_same_weights(a, b):
+    assert a.keys() == b.keys()
+    for k in a:
+        assert torch.allclose(a[k], b[k], rtol=1e-5, atol=1e-7), k
+
+
+# ---- tests -------------------------------------------------------------------------------------------
+
+def test_help_shows_defaults(capsys):
+    with pytest.raises(SystemExit) as e:
+        train.main(["--help"])
+    assert e.value.code == 0
+    out = capsys.readouterr().out
+    for flag in ("--batch_size", "--epochs", "--lr", "--lr_decay", "--crop_seconds", "--decoder", "--hidden_size",
+                 "--n_harmonics", "--n_noise_bands", "--checkpoint_dir", "--device", "--audio_every",
+                 "--save_every", "--keep_last", "--wandb", "--wandb_project", "--max_steps", "--amp", "--fresh",
+                 "--grad_clip", "--deterministic", "--seed", "--num_workers", "--val_fraction", "--run_name"):
+        assert flag in out
+    assert out.count("(default:") >= 30
+
+
+def test_short_run_writes_checkpoints_and_offline_wandb(data_dir, tmp_path, capsys):
+    ckpt = tmp_path / "ck"
+    code = run(data_dir, ckpt, "--epochs", "3", "--audio_every", "2", "--keep_last", "2", "--amp",
+               "--run_name", "tiny", wandb="offline")
+    assert code == 0
+    err = capsys.readouterr().err
+    assert "--amp is ignored on CPU" in err and "wandb sync" in err
+    names = sorted(p.name for p in ckpt.glob("*.pth"))
+    assert names == ["best.pth", "latest.pth", "model_epoch_2.pth", "model_epoch_3.pth"]  # keep_last 2
+    ck = torch_load(ckpt / "latest.pth")  # weights_only=True
+    for key in ("model", "optimizer", "scheduler", "epoch", "step", "config", "rng", "wandb_run_id", "version"):
+        assert key in ck
+    assert ck["epoch"] == 3 and ck["batch_in_epoch"] == 0 and ck["step"] > 0
+    cfg = ck["config"]
+    assert cfg["hidden_size"] == 32 and len(cfg["loudness_quantiles"]) == 101
+    assert -80 < cfg["loudness_mean"] < 20 and 40 < cfg["mean_midi"] < 70  # plucks at 110..330 Hz
+    assert set(ck["rng"]) == {"python", "numpy", "torch", "cuda"}
+    assert load_model(ckpt / "best.pth").config["n_harmonics"] == 16  # the model API reads it back
+    # W&B offline run, read back from its own files
+    runs = list((ckpt / "wandb").glob(f"offline-run-*-{ck['wandb_run_id']}"))
+    assert len(runs) == 1
+    history = wandb_history(next(runs[0].glob("run-*.wandb")))
+    train_loss = [float(r["train_loss"]) for r in history if "train_loss" in r]
+    assert len(train_loss) == ck["step"] and all(np.isfinite(train_loss))
+    assert sum("val_loss" in r for r in history) == 3
+    assert any("lr" in r for r in history)
+    assert "audio/original/path" in history[-1] or any("audio/original/path" in r for r in history)
+    wavs = list(runs[0].glob("files/media/audio/**/*.wav"))
+    assert {w.name.split("_")[0] for w in wavs} == {"original", "reconstruction"}
+    assert list(runs[0].glob("files/media/images/spectrogram_*.png"))
+    import soundfile as sf
+    audio, sr = sf.read(wavs[0])
+    assert sr == SR and len(audio) == SR  # one 1 s crop at 16 kHz
+    # resuming continues the same W&B run (same id; offline, the next piece gets its own folder)
+    assert run(data_dir, ckpt, "--epochs", "4", "--audio_every", "2", "--keep_last", "2", wandb="offline") == 0
+    runs = sorted((ckpt / "wandb").glob(f"offline-run-*-{ck['wandb_run_id']}"))
+    assert len(runs) == 2 and torch_load(ckpt / "latest.pth")["wandb_run_id"] == ck["wandb_run_id"]
+    steps = [int(r["_step"]) for r in wandb_history(next(runs[1].glob("run-*.wandb"))) if "train_loss" in r]
+    assert steps and min(steps) == ck["step"] + 1
+
+
+def test_resume_is_exact(data_dir, reference, tmp_path):
+    # B: 1 epoch, then the same command with --epochs 2 (epoch-boundary resume)
+    ck = tmp_path / "b"
+    assert run(data_dir, ck, "--epochs", "1") == 0
+    assert torch_load(ck / "latest.pth")["epoch"] == 1
+    assert run(data_dir, ck, "--epochs", "2") == 0
+    assert_same_weights(torch_load(ck / "latest.pth")["model"], reference["model"])
+    # C: stop after 2 steps (mid-epoch), then resume
+    ck = tmp_path / "c"
+    assert run(data_dir, ck, "--epochs", "2", "--max_steps", "2") == 0
+    mid = torch_load(ck / "latest.pth")
+    assert (mid["epoch"], mid["batch_in_epoch"], mid["step"]) == (0, 2, 2)
+    assert run(data_dir, ck, "--epochs", "2") == 0
+    final = torch_load(ck / "latest.pth")
+    assert final["step"] == reference["step"]
+    assert_same_weights(final["model"], reference["model"])
+    # a finished run asked to do the same again does nothing
+    assert run(data_dir, ck, "--epochs", "2") == 0
+
+
+def test_sigint_mid_epoch_saves_and_resumes_exactly(data_dir, reference, tmp_path):
+    ck = tmp_path / "ck"
+    cmd = [sys.executable, str(REPO / "train.py"), "--data_dir", str(data_dir), "--checkpoint_dir", str(ck),
+           "--epochs", "2", "--wandb", "disabled", *TINY]
+    proc = subprocess.Popen(cmd, cwd=tmp_path, env=subprocess_env(), stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True)
+    out = []
+    reader = threading.Thread(target=lambda: out.extend(iter(lambda: proc.stdout.read(1), "")), daemon=True)
+    reader.start()
+    deadline = time.time() + 120
+    while not re.search(r"\| [1-9]\d*/\d+ \[", "".join(out)):  # the bar shows at least one finished step
+        assert proc.poll() is None and time.time() < deadline, "".join(out)
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGINT)
+    assert proc.wait(timeout=60) == 130, "".join(out)
+    reader.join(timeout=5)
+    text = "".join(out)
+    assert "stopping after this step" in text and "Run the same command again to resume" in text
+    ckpt = torch_load(ck / "latest.pth")
+    assert 0 < ckpt["step"] < reference["step"]
+    # resume with the same command: ends exactly where the uninterrupted run ended
+    assert run(data_dir, ck, "--epochs", "2") == 0
+    assert_same_weights(torch_load(ck / "latest.pth")["model"], reference["model"])
+
+
+def test_sigkill_during_checkpoint_writes_leaves_latest_loadable(data_dir, tmp_path):
+    ck = tmp_path / "ck"
+    cmd = [sys.executable, str(REPO / "train.py"), "--data_dir", str(data_dir), "--checkpoint_dir", str(ck),
+           "--epochs", "100", "--save_every_steps", "1", "--wandb", "disabled", *TINY]
+    rng = np.random.default_rng(1)
+    last_step = 0
+    for attempt in range(3):
+        proc = subprocess.Popen(cmd, cwd=tmp_path, env=subprocess_env(), stdout=subprocess.DEVNULL,
+                                stderr=subprocess.DEVNULL)
+        kill_at = int(rng.integers(2, 5))  # kill while the kill_at-th checkpoint write is in progress
+        seen, deadline = set(), time.time() + 120
+        try:
+            while len(seen) < kill_at:
+                assert proc.poll() is None and time.time() < deadline
+                if ck.is_dir():
+                    seen |= {p for p in os.listdir(ck) if p.startswith(".latest.pth.") and p.endswith(".tmp")}
+                time.sleep(0.0005)
+        finally:
+            proc.kill()
+            proc.wait()
+        state = torch_load(ck / "latest.pth")  # never half-written
+        assert state["step"] >= last_step and "model" in state and "optimizer" in state
+        last_step = state["step"]
+    assert last_step > 0
+
+
+def test_torchrun_two_processes_gloo(data_dir, tmp_path):
+    ck = tmp_path / "ck"
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nnodes", "1", "--nproc_per_node", "2",
+           str(REPO / "train.py"), "--data_dir", str(data_dir), "--checkpoint_dir", str(ck), "--epochs", "1",
+           "--device", "cpu", "--wandb", "disabled", *TINY]
+    res = subprocess.run(cmd, cwd=tmp_path, env=subprocess_env(), capture_output=True, text=True, timeout=300)
+    assert res.returncode == 0, res.stdout + res.stderr
+    assert res.stderr.count("done: 1 epochs") == 1  # only rank 0 talks
+    state = torch_load(ck / "latest.pth")
+    assert state["world_size"] == 2 and len(state["rng"]) == 2 and state["epoch"] == 1
+    assert sorted(p.name for p in ck.glob("*.pth")) == ["best.pth", "latest.pth", "model_epoch_1.pth"]
+    assert not any(k.startswith("module.") for k in state["model"])  # the plain model, not the DDP wrapper
+
+
+def test_loss_decreases_on_plucks(data_dir, tmp_path):
+    ck = tmp_path / "ck"
+    assert run(data_dir, ck, "--epochs", "8", "--lr", "3e-3") == 0
+    ckpt = torch_load(ck / "latest.pth")
+    trained = load_model(ck / "latest.pth")
+    torch.manual_seed(0)  # train.py builds the model right after seeding with --seed
+    initial = NeuralGuitar.from_config(ckpt["config"]).eval()
+    from data import NeuralGuitarDataset
+    val = NeuralGuitarDataset(data_dir, crop_seconds=1.0, split="train")
+    batch = torch.utils.data.default_collate([val[i] for i in range(len(val))])
+    loss_fn = MultiResolutionSTFTLoss()
+
+    def loss_of(model):
+        torch.manual_seed(1)
+        with torch.no_grad():
+            return loss_fn(model(batch["f0_hz"], batch["loudness_db"])["audio"], batch["audio"]).item()
+    before, after = loss_of(initial), loss_of(trained)
+    assert after < 0.85 * before, (before, after)
+
+
+def test_conflicting_config_and_fresh(data_dir, tmp_path, capsys):
+    ck = tmp_path / "ck"
+    assert run(data_dir, ck, "--epochs", "1", "--max_steps", "1") == 0
+    with pytest.raises(UserError) as e:
+        run(data_dir, ck, "--epochs", "1", "--hidden_size", "64")
+    msg = str(e.value)
+    assert "--hidden_size 32" in msg and "--fresh" in msg and "\n" not in msg
+    with pytest.raises(UserError, match="--lr"):
+        run(data_dir, ck, "--epochs", "1", "--lr", "1e-3")
+    # --fresh: the old run is moved aside, a new one starts from step 0
+    assert run(data_dir, ck, "--epochs", "1", "--max_steps", "1", "--hidden_size", "64", "--fresh") == 0
+    assert "--fresh: moved the previous checkpoints to" in capsys.readouterr().err
+    old = list(ck.glob("old-*/latest.pth"))
+    assert len(old) == 1 and torch_load(old[0])["config"]["hidden_size"] == 32
+    new = torch_load(ck / "latest.pth")
+    assert new["config"]["hidden_size"] == 64 and new["step"] == 1
+
+
+def test_nan_loss_steps_are_skipped(data_dir, tmp_path):
+    ck = tmp_path / "ck"
+    assert run(data_dir, ck, "--epochs", "1", "--debug_nan_steps", "0,2") == 0
+    state = torch_load(ck / "latest.pth")
+    assert state["nan_skipped"] == 2
+    assert all(torch.isfinite(v).all() for v in state["model"].values())
+    adam_steps = {float(s["step"]) for s in state["optimizer"]["state"].values()}
+    assert adam_steps == {state["step"] - 2.0}  # no optimizer step for the NaN batches
+    # too many in a row: a clear stop
+    with pytest.raises(UserError, match="in a row"):
+        run(data_dir, tmp_path / "ck2", "--epochs", "1", "--debug_nan_steps", "0,1,2", "--max_nan_steps", "2")
+
+
+def test_data_errors_are_one_line(tmp_path):
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(UserError, match="no .pt feature files"):
+        run(tmp_path / "empty", tmp_path / "ck", "--epochs", "1")
+    old = tmp_path / "old"
+    make_dataset(old, n_files=1)
+    d = torch_load(old / "pluck_0.pt")
+    d["version"] = 0
+    torch.save(d, old / "pluck_0.pt")
+    res = subprocess.run([sys.executable, str(REPO / "train.py"), "--data_dir", str(old), "--wandb", "disabled"],
+                         cwd=tmp_path, env=subprocess_env(), capture_output=True, text=True, timeout=120)
+    assert res.returncode == 1
+    assert res.stderr.strip().count("\n") == 0 and "re-run preprocess.py" in res.stderr
+    assert not (tmp_path / "checkpoints").exists()

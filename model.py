@@ -261,9 +261,8 @@ class NeuralGuitar(nn.Module):
         the last is used for the glide, held if absent). Same arithmetic as the synthesizer."""
         if n_frames == 0:
             return phase
-        ratios = self.harmonic.ratios().to(f0_hz.dtype)
-        omega = (synth.TWO_PI / self.config["sample_rate"]) * f0_hz[..., None] * ratios
-        domega = synth.next_frame(omega) - omega
+        omega, domega = synth.partial_frequencies(f0_hz[..., None], self.harmonic.ratios(),
+                                                  self.config["sample_rate"])
         _, final = synth.frame_phases(omega[:, :n_frames], domega[:, :n_frames], self.hop, phase)
         return final
 

@@ -76,6 +76,11 @@ def harmonic_amplitudes(amplitude: torch.Tensor, distribution: torch.Tensor, f0_
                         ratios: torch.Tensor, sample_rate: float) -> torch.Tensor:
     """Per-partial amplitudes: overall amplitude times a distribution renormalised below Nyquist.
 
+    Control point f is where frame f-1 ends and frame f starts; the amplitude ramps linearly between
+    control points. A partial gets a non-zero amplitude at f only if it stays below Nyquist in *both*
+    frames (f-1 and f), so it never sounds at or above Nyquist while it fades in or out, whichever way
+    f0 glides (judging only frame f let a partial fade in from above Nyquist on a downward glide).
+
     Args:
         amplitude: [B, F, 1] linear amplitude (> 0). distribution: [B, F, K] (> 0).
         f0_hz: [B, F, 1] Hz. ratios: [K] partial frequency / f0.
@@ -83,9 +88,21 @@ def harmonic_amplitudes(amplitude: torch.Tensor, distribution: torch.Tensor, f0_
         [B, F, K] linear amplitudes; partials at or above Nyquist are exactly 0 and the remaining
         distribution sums to 1 in every frame.
     """
-    distribution = distribution * nyquist_mask(f0_hz, ratios, sample_rate)
+    mask = nyquist_mask(f0_hz, ratios, sample_rate)
+    mask = mask * torch.cat([mask[:, :1], mask[:, :-1]], dim=1)  # frame f-1 too (first frame: held)
+    distribution = distribution * mask
     distribution = distribution / distribution.sum(-1, keepdim=True).clamp_min(1e-12)
     return amplitude * distribution
+
+
+def partial_frequencies(f0_hz: torch.Tensor, ratios: torch.Tensor, sample_rate: float):
+    """Angular frequency of every partial at each frame and its change to the next frame.
+
+    Computed in float64 so the running phase does not drift (float32 frequencies drift ~1e-4 rad/s).
+    Args: f0_hz [B, F, 1] Hz, ratios [K]. Returns (omega, domega) [B, F, K] float64 rad/sample.
+    """
+    omega = (TWO_PI / sample_rate) * f0_hz.double() * ratios.double()
+    return omega, next_frame(omega) - omega
 
 
 def frame_phases(omega: torch.Tensor, domega: torch.Tensor, hop: int,
@@ -93,15 +110,16 @@ def frame_phases(omega: torch.Tensor, domega: torch.Tensor, hop: int,
     """Exact phase of every partial at the first sample of every frame.
 
     Inside frame f the angular frequency glides linearly from `omega[f]` to `omega[f] + domega[f]`
-    (rad/sample), so the phase advances by `omega*hop + domega*(hop-1)/2` over the frame (the discrete
-    sum of the per-sample frequencies). The running sum is taken in float64 and wrapped to [0, 2pi).
+    (rad/sample), so the phase advances by the exact integral `omega*hop + domega*hop/2` over the frame
+    (phase = 2pi * integral of the piecewise-linear frequency, as an analytic chirp). The running sum is
+    taken in float64 and wrapped to [0, 2pi).
 
     Args:
         omega, domega: [B, F, K] rad/sample. initial_phase: [B, K] rad (phase at sample 0) or None.
     Returns:
-        (theta0 [B, F, K] float32 rad, final_phase [B, K] float64 rad at sample F*hop).
+        (theta0 [B, F, K] rad in omega's dtype, final_phase [B, K] float64 rad at sample F*hop).
     """
-    advance = omega.double() * hop + domega.double() * ((hop - 1) / 2.0)
+    advance = omega.double() * hop + domega.double() * (hop / 2.0)
     csum = torch.cumsum(advance, dim=1)
     start = torch.zeros_like(csum[:, :1]) if initial_phase is None else initial_phase.double()[:, None]
     theta0 = torch.cat([start, start + csum[:, :-1]], dim=1)
@@ -119,12 +137,14 @@ class _HarmonicBank(torch.autograd.Function):
     """Sum of partials with quadratic phase and linear amplitude inside each frame.
 
     For frame m and sample n in [0, hop):
-        theta[m, n, k] = theta0[m, k] + omega[m, k] * n + domega[m, k] * n(n-1)/(2 hop)
+        theta[m, n, k] = theta0[m, k] + omega[m, k] * n + domega[m, k] * n^2/(2 hop)
         a[m, n, k]     = amp0[m, k] * (1 - n/hop) + amp1[m, k] * n/hop
         y[m, n]        = sum_k a[m, n, k] * sin(theta[m, n, k])
     Inputs are [M, K] (frames flattened); output [M, hop]. Frames only use their first
     `n_active[m]` partials (the others have zero amplitude), grouped into buckets of equal width.
     Backward recomputes the sines/cosines chunk by chunk: nothing of size [M, hop, K] is stored.
+    Exact-zero amplitudes past a frame's bucket are treated as structural zeros: their gradient is
+    returned as 0 (right for the synthesizer, where they come from the Nyquist mask).
     """
 
     CHUNK_ELEMENTS = 1 << 20  # ~4 MB float32 per intermediate: stays in cache-friendly sizes
@@ -153,7 +173,7 @@ class _HarmonicBank(torch.autograd.Function):
     def forward(ctx, theta0, omega, domega, amp0, amp1, hop: int):
         M, K = theta0.shape
         n = torch.arange(hop, device=theta0.device, dtype=theta0.dtype)
-        basis = torch.stack([torch.ones_like(n), n, n * (n - 1) / (2 * hop)], dim=1)  # [hop, 3]
+        basis = torch.stack([torch.ones_like(n), n, n * n / (2 * hop)], dim=1)  # [hop, 3]
         ramp = torch.stack([1 - n / hop, n / hop], dim=0)  # [2, hop]
         y = theta0.new_zeros(M, hop)
         groups = _HarmonicBank._groups(amp0, amp1)
@@ -248,12 +268,12 @@ class HarmonicSynthesizer(nn.Module):
         Returns:
             audio [B, F*hop] (and final phase).
         """
-        ratios = self.ratios().to(f0_hz.dtype)
-        amps = harmonic_amplitudes(amplitude, distribution, f0_hz, ratios, self.sample_rate)
-        omega = (TWO_PI / self.sample_rate) * f0_hz * ratios  # [B, F, K] rad/sample
-        domega = next_frame(omega) - omega
+        ratios = self.ratios()
+        amps = harmonic_amplitudes(amplitude, distribution, f0_hz, ratios.to(f0_hz.dtype), self.sample_rate)
+        omega, domega = partial_frequencies(f0_hz, ratios, self.sample_rate)
         theta0, final_phase = frame_phases(omega, domega, self.hop, initial_phase)
-        audio = harmonic_bank(theta0, omega, domega, amps, next_frame(amps), self.hop)
+        dt = amps.dtype
+        audio = harmonic_bank(theta0.to(dt), omega.to(dt), domega.to(dt), amps, next_frame(amps), self.hop)
         return (audio, final_phase) if return_phase else audio
 
 
@@ -264,12 +284,13 @@ def noise_filter_ir(magnitudes: torch.Tensor) -> torch.Tensor:
         magnitudes: [..., N] linear gains at N frequencies spaced evenly from 0 Hz to Nyquist.
     Returns:
         [..., L] impulse responses, L = 2 (N - 1): zero-phase response made causal by a shift of L/2
-        samples and tapered with a Hann window (so its delay is exactly L/2 samples).
+        samples and tapered with a Hann window centred on that sample (periodic Hann of length L:
+        symmetric about L/2), so the filter is exactly linear-phase with a delay of L/2 samples.
     """
     ir = torch.fft.irfft(magnitudes.to(torch.float32), dim=-1)  # zero-phase, [..., L]
     L = ir.shape[-1]
     ir = torch.roll(ir, L // 2, dims=-1)
-    window = torch.hann_window(L, periodic=False, device=ir.device, dtype=ir.dtype)
+    window = torch.hann_window(L, periodic=True, device=ir.device, dtype=ir.dtype)
     return ir * window
 
 

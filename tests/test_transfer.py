@@ -1,0 +1,334 @@
+"""transfer.py: auto-adjust pure functions, pitch tracking through the whole product, chunking, levels,
+error paths.
+
+Oracles: analytic signals with known f0, CREPE (torchcrepe via features.compute_f0) run on the output,
+exact arithmetic for the octave rule and the quantile map, soundfile for what was written. The model is
+a small one trained here for a few dozen steps on plucked harmonic tones (MIDI 40-52), with the
+training-set statistics in its config computed by data.dataset_statistics, as train.py does.
+Tests run with one torch thread (see `one_thread`).
+"""
+from __future__ import annotations
+
+import math
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import soundfile as sf
+import torch
+
+import features
+import transfer
+from utils import UserError, atomic_torch_save, run_main
+
+ROOT = Path(__file__).resolve().parents[1]
+SR = features.SAMPLE_RATE
+
+# ---------------------------------------------------------------------------------------------------
+# Fixtures: audio and a tiny trained model (shared with test_evaluate.py)
+# ---------------------------------------------------------------------------------------------------
+
+
+def pluck(midi: float, seconds: float, rng: np.random.Generator, n_harm: int = 25) -> np.ndarray:
+    """Plucked-string-like tone: harmonics 1/k, higher partials decaying faster; damped 0.15 s before the end."""
+    t = np.arange(int(seconds * SR)) / SR
+    f0 = 440.0 * 2 ** ((midi - 69) / 12)
+    x = np.zeros_like(t)
+    for k in range(1, n_harm + 1):
+        if k * f0 < SR / 2 - 500:
+            x += np.sin(2 * np.pi * k * f0 * t + rng.uniform(0, 2 * np.pi)) / k * np.exp(-t * (1.5 + 0.6 * k))
+    x *= 0.3 * np.minimum(1.0, t / 0.005) * np.clip((seconds - 0.15 - t) / 0.05, 0.0, 1.0)  # damped, then silence
+    return x.astype(np.float32)
+
+
+def sung_tone(f0_hz: float = 220.0, seconds: float = 2.5, vibrato_cents: float = 40.0, rate_hz: float = 5.5,
+              pad_s: float = 0.3, amp: float = 0.2):
+    """Vibrato 'voice': harmonics shaped by two formants (700, 1200 Hz), with silence around it.
+
+    Returns (audio float32 [T], true f0 Hz [T] (0 in the silent padding)).
+    """
+    n = int(seconds * SR)
+    t = np.arange(n) / SR
+    f0 = f0_hz * 2 ** (vibrato_cents / 1200 * np.sin(2 * np.pi * rate_hz * t))
+    phase = 2 * np.pi * np.cumsum(f0) / SR
+    x = np.zeros(n)
+    for k in range(1, 25):
+        fk = k * f0_hz
+        if fk > SR / 2 - 1000:
+            break
+        g = 1 / (1 + ((fk - 700) / 150) ** 2) + 0.5 / (1 + ((fk - 1200) / 200) ** 2) + 0.05 / k
+        x += g * np.sin(k * phase)
+    env = np.minimum(1, np.minimum(t, t[-1] - t) / 0.05)
+    x = amp * x / np.abs(x).max() * env
+    pad = np.zeros(int(pad_s * SR))
+    return (np.concatenate([pad, x, pad]).astype(np.float32),
+            np.concatenate([pad, f0, pad]))
+
+
+_CACHE: dict = {}
+
+
+def tiny_checkpoint(directory: Path) -> Path:
+    """Train (once per session) and save a small NeuralGuitar; returns the .pth path."""
+    if "ckpt" in _CACHE:
+        return _CACHE["ckpt"]
+    import data
+    import loss
+    import model as model_mod
+
+    torch.manual_seed(0)
+    rng = np.random.default_rng(0)
+    feats, audios = [], []
+    for i in range(8):
+        midi = 40 + 12 * i / 7
+        a = pluck(midi, 0.5, rng)
+        f = features.n_frames(a.size)
+        feats.append({"loudness_db": torch.from_numpy(features.compute_loudness(a)),
+                      "f0_hz": torch.full((f,), 440.0 * 2 ** ((midi - 69) / 12)),
+                      "periodicity": torch.ones(f)})
+        audios.append(a)
+    stats = data.dataset_statistics(feats)
+    cfg = model_mod.build_config(hidden_size=32, n_harmonics=40, n_noise_bands=17, mlp_layers=1,
+                                 reverb=True, reverb_seconds=0.1, **stats)
+    net = model_mod.NeuralGuitar(cfg)
+    # the reverb IR stays at its quiet initial value: a few steps at this learning rate would turn it
+    # into loud random noise that smears the pitch (a trained model learns it slowly)
+    opt = torch.optim.Adam([p for n, p in net.named_parameters() if not n.startswith("reverb")], lr=5e-3)
+    mss = loss.MultiResolutionSTFTLoss()
+    audio = torch.from_numpy(np.stack(audios))
+    f0 = torch.stack([f["f0_hz"] for f in feats])
+    ld = torch.stack([f["loudness_db"] for f in feats])
+    for _ in range(25):
+        opt.zero_grad()
+        out = net(f0, ld)["audio"][:, : audio.shape[1]]
+        mss(out, audio).backward()
+        opt.step()
+    path = Path(directory) / "tiny.pth"
+    atomic_torch_save({"model": net.state_dict(), "config": net.config, "version": 1}, path)
+    _CACHE["ckpt"] = path
+    return path
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    """One intra-op thread: on a shared 2-core machine two threads contend and run ~5x slower."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+@pytest.fixture(scope="session")
+def ckpt(tmp_path_factory) -> Path:
+    return tiny_checkpoint(tmp_path_factory.mktemp("model"))
+
+
+@pytest.fixture(scope="session")
+def voice_file(tmp_path_factory):
+    x, f0 = sung_tone()
+    path = tmp_path_factory.mktemp("voice") / "voice.wav"
+    sf.write(path, x, SR, subtype="FLOAT")
+    return path, x, f0
+
+
+def cli(argv, monkeypatch, capsys):
+    """Run transfer's CLI in-process exactly as `python transfer.py ...` would (run_main)."""
+    monkeypatch.setattr(sys, "argv", ["transfer.py", *map(str, argv)])
+    with pytest.raises(SystemExit) as e:
+        run_main(transfer.main)
+    out = capsys.readouterr()
+    return e.value.code, out.out, out.err
+
+
+# ---------------------------------------------------------------------------------------------------
+# Pure functions
+# ---------------------------------------------------------------------------------------------------
+
+def test_auto_octave_two_octaves_above_training_mean():
+    assert transfer.auto_octave_shift(52.0, 76.0) == -2
+    assert transfer.auto_octave_shift(52.0, 52.0 - 12.0) == 1
+    assert transfer.auto_octave_shift(52.0, 57.0) == 0   # 5 semitones: nearer unshifted
+    assert transfer.auto_octave_shift(52.0, 59.0) == -1  # 7 semitones: nearer one octave down
+    # and through adjust_features on an input whose note frames sit at exactly MIDI 76 (E5)
+    F = 500
+    f0 = np.full(F, 440.0 * 2 ** (7 / 12), np.float32)
+    loud = np.full(F, -20.0, np.float32)
+    per = np.full(F, 0.9, np.float32)
+    cfg = {"mean_midi": 52.0, "loudness_quantiles": list(np.linspace(-60, -10, 101)),
+           "loudness_mean": -30.0, "loudness_std": 10.0}
+    f0_out, _, info = transfer.adjust_features(f0, loud, per, cfg)
+    assert info["octave"] == -2 and info["semitones"] == -24.0
+    np.testing.assert_allclose(f0_out, f0 / 4, rtol=1e-6)
+    f0_out, _, info = transfer.adjust_features(f0, loud, per, cfg, transfer.AdjustSettings(octave=1, semitones=-3))
+    np.testing.assert_allclose(f0_out, f0 * 2 ** (9 / 12), rtol=1e-6)
+
+
+def test_quantile_map_sends_input_quantiles_to_training_quantiles():
+    rng = np.random.default_rng(1)
+    x = rng.normal(-30, 8, 5000)
+    q_in = transfer.loudness_quantiles(x)
+    q_train = np.sort(rng.uniform(-70, 0, 101))
+    assert np.array_equal(transfer.quantile_map(q_in, q_in, q_train), q_train)
+    # the mapped distribution has the training quantiles (up to interpolation between levels)
+    np.testing.assert_allclose(transfer.loudness_quantiles(transfer.quantile_map(x, q_in, q_train)), q_train,
+                               atol=0.05)
+    # monotone, and held at the ends outside the input range
+    y = transfer.quantile_map(np.linspace(-100, 50, 400), q_in, q_train)
+    assert np.all(np.diff(y) >= 0) and y[0] == q_train[0] and y[-1] == q_train[-1]
+    # ties (a loudness shared by many frames) do not break it
+    assert np.isfinite(transfer.quantile_map([-80.0, -10.0], [-80.0, -80.0, 0.0], [-60.0, -50.0, 0.0])).all()
+
+
+def test_adjust_maps_note_loudness_and_quiets_the_rest():
+    F = 1000
+    rng = np.random.default_rng(2)
+    note = np.zeros(F, bool)
+    note[100:400] = note[600:900] = True
+    loud = np.where(note, rng.uniform(-35, -5, F), -50.0)
+    per = np.where(note, 0.9, 0.1)
+    f0 = np.full(F, 200.0)
+    q_train = np.linspace(-60, -20, 101)
+    cfg = {"mean_midi": 55.0, "loudness_quantiles": list(q_train), "loudness_mean": 0.0, "loudness_std": 1.0}
+    _, out, info = transfer.adjust_features(f0, loud, per, cfg)
+    assert np.array_equal(info["note_mask"], note)
+    np.testing.assert_allclose(transfer.loudness_quantiles(out[note]), q_train, atol=0.1)
+    far = ~note & (transfer.note_weight(note) == 0)
+    assert np.all(out[far] <= max(q_train[0] - 30, -80) + 1e-4)        # breath/silence pushed far down
+    _, raw, info = transfer.adjust_features(f0, loud, per, cfg, transfer.AdjustSettings(auto=False, loudness_db=3))
+    np.testing.assert_allclose(raw, loud + 3, atol=1e-4)
+    assert info["octave"] == 0
+
+
+def test_detect_notes_closes_gaps_and_drops_blips():
+    F = 400
+    per = np.zeros(F)
+    per[50:150] = 0.9
+    per[100:104] = 0.1       # 16 ms dropout inside a note: closed
+    per[300:308] = 0.9       # 32 ms blip: dropped
+    note = transfer.detect_notes(per, np.full(F, -20.0), smooth_frames=1)
+    assert note[50:150].all() and not note[:50].any() and not note[150:].any()
+    quiet = transfer.detect_notes(per, np.full(F, -75.0), smooth_frames=1)
+    assert not quiet.any()   # below the -70 dB floor: never a note
+
+
+# ---------------------------------------------------------------------------------------------------
+# The product, end to end
+# ---------------------------------------------------------------------------------------------------
+
+def test_output_tracks_the_sung_pitch(ckpt, voice_file, tmp_path, monkeypatch, capsys):
+    path, x, _ = voice_file
+    out = tmp_path / "guitar.wav"
+    code, stdout, _ = cli([path, "-o", out, "--checkpoint", ckpt, "--device", "cpu", "--plot"], monkeypatch, capsys)
+    assert code == 0 and "real-time factor" in stdout
+    y, sr = sf.read(out, dtype="float32")
+    assert sr == SR and y.size == x.size
+    peak = np.abs(y).max()
+    assert 10 ** (-1.5 / 20) < peak <= 10 ** (-1 / 20) + 1e-4          # normalised to -1 dBFS, not clipped
+    assert out.with_suffix(".png").stat().st_size > 10_000
+    # pitch of the output (CREPE) against the input's CREPE pitch after the applied shift
+    fin, pin = features.compute_f0(x, "tiny")
+    fout, pout = features.compute_f0(y, "tiny")
+    cfg = torch.load(ckpt, weights_only=True)["config"]
+    note = transfer.detect_notes(pin, features.compute_loudness(x))
+    octave = transfer.auto_octave_shift(cfg["mean_midi"], transfer.mean_midi(fin, note))
+    assert octave == -1   # 220 Hz voice, training mean ~MIDI 46
+    voiced = note & (pout >= 0.5)
+    assert voiced.sum() > 0.8 * note.sum()
+    cents = 1200 * np.abs(np.log2(fout[voiced] / (fin[voiced] * 2.0 ** octave)))
+    assert np.median(cents) < 20 and np.mean(cents < 50) > 0.95, (np.median(cents), np.mean(cents < 50))
+    # non-trivial sound: output energy sits where the notes are
+    ly = features.compute_loudness(y)
+    assert ly[note].mean() > ly[~note].mean() + 20
+
+
+def test_chunked_equals_unchunked_through_transfer(ckpt, voice_file):
+    from model import load_model
+
+    _, x, _ = voice_file
+    net = load_model(ckpt)
+    feats = transfer.extract_features_bounded(x[: SR], "tiny")
+    f0, ld, _ = transfer.adjust_features(feats["f0_hz"].numpy(), feats["loudness_db"].numpy(),
+                                         feats["periodicity"].numpy(), net.config)
+    whole = transfer.render(net, f0, ld, chunk_frames=10 ** 6, seed=3)
+    chunked = transfer.render(net, f0, ld, chunk_frames=37, seed=3)
+    np.testing.assert_allclose(chunked, whole, atol=1e-5 * np.abs(whole).max() + 1e-7)
+    # and both equal model.forward given the same noise
+    noise = torch.rand(1, f0.size * net.hop, generator=torch.Generator().manual_seed(3)) * 2 - 1
+    with torch.no_grad():
+        ref = net(torch.from_numpy(f0)[None], torch.from_numpy(ld)[None], noise)["audio"][0].numpy()
+    np.testing.assert_allclose(whole, ref, atol=1e-5 * np.abs(ref).max() + 1e-7)
+
+
+def test_segmented_pitch_analysis_matches_whole_file(voice_file):
+    _, x, _ = voice_file
+    whole = features.extract_features(x, "tiny")
+    seg = transfer.extract_features_bounded(x, "tiny", segment_frames=200, context_frames=100)
+    assert torch.equal(seg["loudness_db"], whole["loudness_db"])
+    voiced = whole["periodicity"].numpy() > 0.5
+    cents = 1200 * np.abs(np.log2(seg["f0_hz"].numpy() / whole["f0_hz"].numpy()))
+    assert np.median(cents[voiced]) < 1 and np.percentile(cents[voiced], 99) < 10
+
+
+def test_sample_rate_44100_and_gain_is_capped(ckpt, voice_file, tmp_path, monkeypatch, capsys):
+    path, x, _ = voice_file
+    out = tmp_path / "hi.wav"
+    code, _, err = cli([path, "-o", out, "--checkpoint", ckpt, "--device", "cpu", "--sample_rate", "44100",
+                        "--gain", "40"], monkeypatch, capsys)
+    assert code == 0 and "warning" in err and "--gain" in err
+    y, sr = sf.read(out, dtype="float32")
+    assert sr == 44100 and abs(y.size - round(x.size * 44100 / SR)) <= 1
+    assert np.abs(y).max() <= 10 ** (-1 / 20) + 1e-4
+
+
+def test_several_inputs_go_to_a_folder(ckpt, voice_file, tmp_path, monkeypatch, capsys):
+    path, x, _ = voice_file
+    other = tmp_path / "second take.flac"
+    sf.write(other, x[: SR], SR)
+    code, _, _ = cli([path, other, "-o", tmp_path / "out", "--checkpoint", ckpt, "--device", "cpu"],
+                     monkeypatch, capsys)
+    assert code == 0
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["second take_guitar.wav", "voice_guitar.wav"]
+
+
+# ---------------------------------------------------------------------------------------------------
+# Bad input: one line, exit 1, nothing written
+# ---------------------------------------------------------------------------------------------------
+
+def _bad_inputs(tmp: Path) -> dict:
+    rng = np.random.default_rng(5)
+    junk = tmp / "junk.wav"
+    junk.write_bytes(b"RIFF not really a wave file" * 10)
+    files = {"junk": (junk, "not a readable audio file"),
+             "silence": (tmp / "silence.wav", "silent"),
+             "short": (tmp / "short.wav", "too short"),
+             "noise": (tmp / "noise.wav", "no pitched notes")}
+    sf.write(files["silence"][0], np.zeros(SR, np.float32), SR)
+    sf.write(files["short"][0], sung_tone(seconds=0.1, pad_s=0.0)[0], SR)
+    sf.write(files["noise"][0], (0.2 * rng.standard_normal(SR)).astype(np.float32), SR)
+    return files
+
+
+@pytest.mark.parametrize("kind", ["junk", "silence", "short", "noise"])
+def test_bad_input_one_line_exit_1_no_output(kind, ckpt, tmp_path, monkeypatch, capsys):
+    src, expected = _bad_inputs(tmp_path)[kind]
+    out = tmp_path / "o" / "x.wav"
+    code, _, err = cli([src, "-o", out, "--checkpoint", ckpt, "--device", "cpu", "--plot"], monkeypatch, capsys)
+    assert code == 1
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and expected in lines[0] and str(src) in lines[0], err
+    assert not out.exists() and not out.with_suffix(".png").exists()
+    assert not (out.parent.exists() and any(out.parent.iterdir()))
+
+
+def test_missing_default_checkpoint_is_one_line_from_the_real_cli(tmp_path):
+    if transfer.DEFAULT_CHECKPOINT.is_file():
+        pytest.skip("the bundled checkpoint exists; tested elsewhere")
+    src = tmp_path / "v.wav"
+    sf.write(src, sung_tone(seconds=0.5)[0], SR)
+    r = subprocess.run([sys.executable, str(ROOT / "transfer.py"), str(src), "-o", str(tmp_path / "o.wav")],
+                       capture_output=True, text=True, cwd=tmp_path, timeout=120)
+    assert r.returncode == 1 and len(r.stderr.strip().splitlines()) == 1
+    assert "guitar_demo.pth" in r.stderr and "--checkpoint" in r.stderr
+    assert not (tmp_path / "o.wav").exists()

@@ -9,7 +9,6 @@ Tests run with one torch thread (see `one_thread`).
 """
 from __future__ import annotations
 
-import math
 import subprocess
 import sys
 from pathlib import Path
@@ -21,7 +20,7 @@ import torch
 
 import features
 import transfer
-from utils import UserError, atomic_torch_save, run_main
+from utils import atomic_torch_save, run_main
 
 ROOT = Path(__file__).resolve().parents[1]
 SR = features.SAMPLE_RATE
@@ -177,6 +176,14 @@ def test_quantile_map_sends_input_quantiles_to_training_quantiles():
     # monotone, and held at the ends outside the input range
     y = transfer.quantile_map(np.linspace(-100, 50, 400), q_in, q_train)
     assert np.all(np.diff(y) >= 0) and y[0] == q_train[0] and y[-1] == q_train[-1]
+    # capped slope: a steady hum (1 dB range) is stretched at most 2x, its median lands on the training median
+    hum = rng.uniform(-20.5, -19.5, 2000)
+    q_hum = transfer.loudness_quantiles(hum)
+    y = transfer.quantile_map(hum, q_hum, q_train, max_slope=2.0)
+    assert np.ptp(y) <= 2 * np.ptp(hum) + 1e-9 and abs(np.median(y) - q_train[50]) < 0.05
+    assert np.all(np.diff(transfer.quantile_map(np.sort(hum), q_hum, q_train, max_slope=2.0)) >= 0)
+    # a cap the map never reaches changes nothing
+    np.testing.assert_allclose(transfer.quantile_map(q_in, q_in, q_train, max_slope=1e9), q_train, atol=1e-9)
     # ties (a loudness shared by many frames) do not break it
     assert np.isfinite(transfer.quantile_map([-80.0, -10.0], [-80.0, -80.0, 0.0], [-60.0, -50.0, 0.0])).all()
 
@@ -191,7 +198,7 @@ def test_adjust_maps_note_loudness_and_quiets_the_rest():
     f0 = np.full(F, 200.0)
     q_train = np.linspace(-60, -20, 101)
     cfg = {"mean_midi": 55.0, "loudness_quantiles": list(q_train), "loudness_mean": 0.0, "loudness_std": 1.0}
-    _, out, info = transfer.adjust_features(f0, loud, per, cfg)
+    _, out, info = transfer.adjust_features(f0, loud, per, cfg, transfer.AdjustSettings(max_slope=None))
     assert np.array_equal(info["note_mask"], note)
     np.testing.assert_allclose(transfer.loudness_quantiles(out[note]), q_train, atol=0.1)
     far = ~note & (transfer.note_weight(note) == 0)

@@ -1,0 +1,336 @@
+"""Measure a checkpoint: resynthesis quality against a plain sine baseline, and transfer on pairs.
+
+    python evaluate.py --checkpoint checkpoints/best.pth --audio_dir data/raw/guitarset --limit 20 --json outputs/eval.json
+    python evaluate.py --checkpoint checkpoints/best.pth --pairs data/pairs/voice data/pairs/guitar
+
+Resynthesis (--audio_dir): every audio file is re-rendered by the model from its own f0 and loudness
+(features via transfer.extract_features_bounded, i.e. features.extract_features; CREPE `tiny` by default
+here for speed, `--crepe full` for reportable numbers), with no auto-adjust. Against the input it reports
+  mss            loss.MultiResolutionSTFTLoss (DDSP spectral loss, summed over 6 FFT sizes); lower is better
+  f0_cents       median |cents| between CREPE on the output and the input f0, over frames that are notes in
+                 the input (transfer.detect_notes) and have periodicity >= 0.5 in the output
+  rpa            mir_eval.melody.raw_pitch_accuracy at 50 cents: share of the input's note frames whose output
+                 pitch (CREPE) is within 50 cents
+  loud_l1_db     mean |loudness(output) - loudness(input)| in dB (features.compute_loudness) over note frames
+and the same numbers for the baseline, so the model's gain is visible (mss_reduction_pct = 100 * (1 -
+mss_model / mss_baseline); for the mean row it is computed from the mean distances).
+
+Baseline ("sine"): one sinusoid at the input's f0 (synth.HarmonicSynthesizer with a single partial, so phase
+and interpolation are the model's), with per-frame amplitude a = 10 ** ((L_in - L_1(f0)) / 20), where L_in is
+the input's A-weighted loudness in that frame and L_1(f) the loudness (same features.compute_loudness) of a
+steady unit-amplitude sine at f, measured on a grid of 4 points per semitone and interpolated in log f. Its
+loudness therefore equals the input's in every steady frame: it has the right pitch and level but no timbre.
+
+Pairs (--pairs DIR_A DIR_B, or --pairs --input_dir A --target_dir B): files with the same name stem in both
+folders are (input, target), e.g. a sung melody and a guitar rendering of it. The input goes through the
+transfer pipeline (transfer.transfer_audio with its default auto-adjust, then transfer.finalize_audio); input,
+output and target are each peak-normalised to -1 dBFS (the transfer's output rule) and cut to the shorter
+length, and the MSS distance output->target is reported next to input->target.
+
+Output: a table on stdout (per file, then the mean) and, with --json PATH, all numbers as JSON.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import sys
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+import features
+import transfer
+from utils import HelpFormatter, UserError, atomic_path, pick_device, run_main
+
+VOICED_PERIODICITY = 0.5
+METRICS = ("mss", "f0_cents", "rpa", "loud_l1_db")
+
+
+# ------------------------------------------------------------------------------------------------
+# Baseline
+# ------------------------------------------------------------------------------------------------
+
+_UNIT_SINE: dict = {}
+
+
+def unit_sine_loudness() -> tuple[np.ndarray, np.ndarray]:
+    """(frequencies Hz [N], loudness dB [N]) of steady unit-amplitude sines, 4 per semitone, 40-2200 Hz."""
+    if not _UNIT_SINE:
+        freqs = 40.0 * 2.0 ** (np.arange(0, 12 * math.log2(2200 / 40) * 4 + 1) / 48.0)
+        t = np.arange(4096) / features.SAMPLE_RATE
+        sines = np.sin(2 * np.pi * freqs[:, None] * t[None, :]).astype(np.float32)
+        loud = features.compute_loudness(sines)  # [N, 64]
+        _UNIT_SINE["table"] = (freqs, np.median(loud[:, 16:-16], axis=1).astype(np.float64))
+    return _UNIT_SINE["table"]
+
+
+def sine_baseline(f0_hz: np.ndarray, loudness_db: np.ndarray) -> np.ndarray:
+    """Sine at f0 whose A-weighted loudness follows `loudness_db` frame by frame (module docstring).
+
+    f0_hz, loudness_db: [F]. Returns float32 [F*hop] at 16 kHz.
+    """
+    import synth
+
+    freqs, l1 = unit_sine_loudness()
+    f0 = np.asarray(f0_hz, np.float64)
+    ref = np.interp(np.log(np.maximum(f0, 1e-3)), np.log(freqs), l1)
+    amp = 10.0 ** ((np.asarray(loudness_db, np.float64) - ref) / 20.0)
+    osc = synth.HarmonicSynthesizer(1, features.SAMPLE_RATE, features.HOP, learn_inharmonicity=False,
+                                    initial_inharmonicity=0.0)
+    with torch.no_grad():
+        a = torch.as_tensor(amp, dtype=torch.float32)[None, :, None]
+        y = osc(a, torch.ones_like(a), torch.as_tensor(f0, dtype=torch.float32)[None, :, None])
+    return y[0].numpy()
+
+
+# ------------------------------------------------------------------------------------------------
+# Metrics
+# ------------------------------------------------------------------------------------------------
+
+def _finite(x: float) -> float | None:
+    return None if x is None or not math.isfinite(x) else float(x)
+
+
+def mss_distance(a: np.ndarray, b: np.ndarray, loss_fn=None) -> float:
+    """loss.MultiResolutionSTFTLoss between two [T] signals (cut to the shorter one)."""
+    import loss
+
+    fn = loss_fn or loss.MultiResolutionSTFTLoss()
+    n = min(a.size, b.size)
+    with torch.no_grad():
+        return float(fn(torch.as_tensor(a[:n], dtype=torch.float32)[None],
+                        torch.as_tensor(b[:n], dtype=torch.float32)[None]))
+
+
+def resynthesis_metrics(reference: np.ndarray, output: np.ndarray, f0_ref: np.ndarray, loud_ref: np.ndarray,
+                        note: np.ndarray, crepe: str = "tiny", device="cpu", loss_fn=None) -> dict:
+    """mss, f0_cents, rpa, loud_l1_db (module docstring) of `output` against `reference` ([T] 16 kHz),
+    given the reference's f0 [F], loudness [F] and note mask [F]."""
+    import mir_eval
+
+    output = np.asarray(output, np.float32)[: reference.size]
+    f0_out, per_out = features.compute_f0(output, crepe, device)
+    loud_out = features.compute_loudness(output)
+    note = np.asarray(note, bool)
+    voiced = note & (per_out >= VOICED_PERIODICITY)
+    cents = 1200.0 * np.abs(np.log2(f0_out / f0_ref))
+    ref_cent = mir_eval.melody.hz2cents(np.where(note, f0_ref, 0.0).astype(np.float64))
+    est_cent = mir_eval.melody.hz2cents(f0_out.astype(np.float64))
+    rpa = mir_eval.melody.raw_pitch_accuracy(note.astype(np.float64), ref_cent,
+                                             (per_out >= VOICED_PERIODICITY).astype(np.float64), est_cent, 50.0)
+    return {
+        "mss": mss_distance(output, reference, loss_fn),
+        "f0_cents": _finite(float(np.median(cents[voiced]))) if voiced.any() else None,
+        "rpa": float(rpa),
+        "loud_l1_db": _finite(float(np.mean(np.abs(loud_out[note] - loud_ref[note])))) if note.any() else None,
+        "voiced_frames": int(voiced.sum()),
+        "note_frames": int(note.sum()),
+    }
+
+
+def _mean(rows: list[dict], key: str) -> float | None:
+    vals = [r[key] for r in rows if r.get(key) is not None]
+    return float(np.mean(vals)) if vals else None
+
+
+def _reduction(model: float | None, base: float | None) -> float | None:
+    return None if model is None or not base else 100.0 * (1.0 - model / base)
+
+
+# ------------------------------------------------------------------------------------------------
+# Runs
+# ------------------------------------------------------------------------------------------------
+
+def audio_files(folder: Path) -> list[Path]:
+    if not folder.is_dir():
+        raise UserError(f"{folder}: folder not found; pass an existing folder of audio files")
+    return sorted(p for p in folder.rglob("*") if p.suffix.lower() in features.AUDIO_EXTENSIONS and p.is_file())
+
+
+def evaluate_resynthesis(model, files: list[Path], root: Path, args, device) -> dict:
+    import loss
+
+    loss_fn = loss.MultiResolutionSTFTLoss()
+    rows, skipped = [], []
+    for path in tqdm(files, desc="resynthesis", unit="file", disable=None):
+        name = str(path.relative_to(root))
+        try:
+            audio = features.load_audio(path)
+            loud = transfer.check_audio(audio, name)
+        except UserError as e:
+            tqdm.write(f"skipped: {e}", file=sys.stderr)
+            skipped.append({"file": name, "reason": str(e)})
+            continue
+        feats = transfer.extract_features_bounded(audio, args.crepe, device, progress=False, loudness_db=loud)
+        f0, loud, per = (feats[k].numpy() for k in ("f0_hz", "loudness_db", "periodicity"))
+        note = transfer.detect_notes(per, loud)
+        out = transfer.render(model, f0, loud, args.chunk_frames, args.seed, progress=False)[: audio.size]
+        base = sine_baseline(f0, loud)[: audio.size]
+        m = resynthesis_metrics(audio, out, f0, loud, note, args.crepe, device, loss_fn)
+        b = resynthesis_metrics(audio, base, f0, loud, note, args.crepe, device, loss_fn)
+        rows.append({"file": name, "seconds": audio.size / features.SAMPLE_RATE, "model": m, "baseline": b,
+                     "mss_reduction_pct": _reduction(m["mss"], b["mss"])})
+    if not rows:
+        raise UserError(f"{root}: no usable audio file (see the lines above); give speech-free pitched audio")
+    mean = {k: {m: _mean([r[k] for r in rows], m) for m in METRICS} for k in ("model", "baseline")}
+    mean["mss_reduction_pct"] = _reduction(mean["model"]["mss"], mean["baseline"]["mss"])
+    return {"files": rows, "mean": mean, "skipped": skipped}
+
+
+def match_pairs(dir_a: Path, dir_b: Path) -> list[tuple[str, Path, Path]]:
+    """(stem, input, target) for every name stem present in both folders (extensions may differ)."""
+    a = {p.relative_to(dir_a).with_suffix("").as_posix(): p for p in audio_files(dir_a)}
+    b = {p.relative_to(dir_b).with_suffix("").as_posix(): p for p in audio_files(dir_b)}
+    common = sorted(set(a) & set(b))
+    if not common:
+        raise UserError(f"{dir_a} and {dir_b}: no file names in common; name each input like its target "
+                        f"(e.g. melody1.wav in both)")
+    return [(k, a[k], b[k]) for k in common]
+
+
+def evaluate_pairs(model, pairs, args, device) -> dict:
+    import loss
+
+    loss_fn = loss.MultiResolutionSTFTLoss()
+    rows, skipped = [], []
+    for name, src, tgt in tqdm(pairs, desc="pairs", unit="pair", disable=None):
+        try:
+            x = features.load_audio(src)
+            target = features.load_audio(tgt)
+            res = transfer.transfer_audio(model, x, str(src), transfer.AdjustSettings(), args.crepe, device,
+                                          args.chunk_frames, args.seed, progress=False)
+        except UserError as e:
+            tqdm.write(f"skipped: {e}", file=sys.stderr)
+            skipped.append({"name": name, "reason": str(e)})
+            continue
+        out = transfer.finalize_audio(res["audio"])[0]
+        x_n, t_n = transfer.finalize_audio(x)[0], transfer.finalize_audio(target)[0]
+        d_out, d_in = mss_distance(out, t_n, loss_fn), mss_distance(x_n, t_n, loss_fn)
+        rows.append({"name": name, "input": str(src), "target": str(tgt), "mss_output_target": d_out,
+                     "mss_input_target": d_in, "reduction_pct": _reduction(d_out, d_in),
+                     "octave": res["info"]["octave"]})
+    if not rows:
+        raise UserError("no usable pair (see the lines above)")
+    mean = {k: _mean(rows, k) for k in ("mss_output_target", "mss_input_target")}
+    mean["reduction_pct"] = _reduction(mean["mss_output_target"], mean["mss_input_target"])
+    return {"files": rows, "mean": mean, "skipped": skipped}
+
+
+# ------------------------------------------------------------------------------------------------
+# Printing
+# ------------------------------------------------------------------------------------------------
+
+def _fmt(x, spec=".3f") -> str:
+    return "-" if x is None else format(x, spec)
+
+
+def print_resynthesis(res: dict) -> None:
+    head = (f"{'file':<40} {'MSS model':>9} {'MSS sine':>9} {'gain %':>7} {'f0 c':>6} {'f0 c sine':>9} "
+            f"{'RPA':>5} {'RPA sine':>8} {'loud dB':>7} {'loud sine':>9}")
+    print("Resynthesis (model vs sine baseline; MSS lower is better)")
+    print(head)
+    print("-" * len(head))
+
+    def line(label, m, b, red):
+        print(f"{label[-40:]:<40} {_fmt(m['mss']):>9} {_fmt(b['mss']):>9} {_fmt(red, '.1f'):>7} "
+              f"{_fmt(m['f0_cents'], '.1f'):>6} {_fmt(b['f0_cents'], '.1f'):>9} {_fmt(m['rpa'], '.2f'):>5} "
+              f"{_fmt(b['rpa'], '.2f'):>8} {_fmt(m['loud_l1_db'], '.2f'):>7} {_fmt(b['loud_l1_db'], '.2f'):>9}")
+
+    for r in res["files"]:
+        line(r["file"], r["model"], r["baseline"], r["mss_reduction_pct"])
+    print("-" * len(head))
+    line(f"mean of {len(res['files'])} files", res["mean"]["model"], res["mean"]["baseline"],
+         res["mean"]["mss_reduction_pct"])
+
+
+def print_pairs(res: dict) -> None:
+    head = f"{'pair':<40} {'MSS out->target':>15} {'MSS in->target':>14} {'gain %':>7}"
+    print("Transfer pairs (MSS distance to the target; lower is better)")
+    print(head)
+    print("-" * len(head))
+    for r in res["files"] + [dict(name=f"mean of {len(res['files'])} pairs", **res["mean"])]:
+        print(f"{r['name'][-40:]:<40} {_fmt(r['mss_output_target']):>15} {_fmt(r['mss_input_target']):>14} "
+              f"{_fmt(r['reduction_pct'], '.1f'):>7}")
+
+
+# ------------------------------------------------------------------------------------------------
+# CLI
+# ------------------------------------------------------------------------------------------------
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
+    p.add_argument("--checkpoint", default=None,
+                   help=f"model checkpoint; default: the bundled {transfer.DEFAULT_CHECKPOINT.relative_to(transfer.ROOT)}")
+    p.add_argument("--audio_dir", default=None, help="folder of audio files to resynthesise (searched recursively)")
+    p.add_argument("--pairs", nargs="*", metavar="DIR", default=None,
+                   help="transfer pairs: INPUT_DIR TARGET_DIR, or no value with --input_dir/--target_dir")
+    p.add_argument("--input_dir", default=None, help="pairs: folder of inputs (e.g. voice)")
+    p.add_argument("--target_dir", default=None, help="pairs: folder of targets with the same names (e.g. guitar)")
+    p.add_argument("--crepe", choices=("tiny", "full"), default="tiny",
+                   help="CREPE model for features and for the output's pitch: tiny (default, fast) or full (accurate)")
+    p.add_argument("--limit", type=int, default=None, help="evaluate only the first N files / pairs")
+    p.add_argument("--json", default=None, help="also write all numbers to this JSON file")
+    p.add_argument("--chunk_frames", type=int, default=2500, help="frames rendered per chunk")
+    p.add_argument("--seed", type=int, default=0, help="seed of the synthesizer's noise")
+    p.add_argument("--device", default="auto", help="auto | cpu | cuda")
+    p.add_argument("--threads", type=int, default=0,
+                   help="CPU threads for torch (0 = torch's default); on a CPU shared with other jobs 1 can be much faster")
+    return p
+
+
+def main(argv=None) -> int:
+    args = build_parser().parse_args(argv)
+    pair_dirs = None
+    if args.pairs is not None:
+        if len(args.pairs) == 2:
+            pair_dirs = [Path(d) for d in args.pairs]
+        elif not args.pairs and args.input_dir and args.target_dir:
+            pair_dirs = [Path(args.input_dir), Path(args.target_dir)]
+        else:
+            raise UserError("--pairs needs two folders (--pairs INPUT_DIR TARGET_DIR) or --input_dir and --target_dir")
+    elif args.input_dir or args.target_dir:
+        raise UserError("--input_dir/--target_dir belong to --pairs; add --pairs")
+    if args.audio_dir is None and pair_dirs is None:
+        raise UserError("nothing to evaluate: give --audio_dir DIR and/or --pairs INPUT_DIR TARGET_DIR")
+    if args.limit is not None and args.limit < 1:
+        raise UserError("--limit must be at least 1")
+    ckpt = transfer.resolve_checkpoint(args.checkpoint)
+    files = pairs = None
+    if args.audio_dir is not None:
+        files = audio_files(Path(args.audio_dir))[: args.limit]
+        if not files:
+            raise UserError(f"{args.audio_dir}: no audio files ({', '.join(features.AUDIO_EXTENSIONS)}) found")
+    if pair_dirs is not None:
+        pairs = match_pairs(*pair_dirs)[: args.limit]
+    device = pick_device(args.device)
+    if args.threads > 0:
+        torch.set_num_threads(args.threads)
+    from model import load_model
+
+    model = load_model(ckpt, device)
+    report = {"checkpoint": str(ckpt), "crepe": args.crepe, "device": str(device),
+              "baseline": "sine at the input f0, per-frame amplitude matching the input's A-weighted loudness",
+              "metrics": {"mss": "loss.MultiResolutionSTFTLoss, lower is better",
+                          "f0_cents": "median |cents| output vs input f0 on note frames voiced in the output",
+                          "rpa": "mir_eval raw pitch accuracy at 50 cents over the input's note frames",
+                          "loud_l1_db": "mean |loudness difference| in dB over note frames"}}
+    if files is not None:
+        report["resynthesis"] = evaluate_resynthesis(model, files, Path(args.audio_dir), args, device)
+        print_resynthesis(report["resynthesis"])
+    if pairs is not None:
+        report["pairs"] = evaluate_pairs(model, pairs, args, device)
+        if files is not None:
+            print()
+        print_pairs(report["pairs"])
+    if args.json:
+        with atomic_path(args.json) as tmp:
+            tmp.write_text(json.dumps(report, indent=2, allow_nan=False))
+        print(f"wrote {args.json}")
+    return 0
+
+
+if __name__ == "__main__":
+    run_main(main)

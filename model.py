@@ -13,6 +13,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+import features
 import synth
 from utils import UserError, torch_load
 
@@ -57,11 +58,6 @@ def build_config(**overrides) -> dict:
     if cfg["decoder"] not in ("gru", "transformer"):
         raise ValueError(f"decoder must be 'gru' or 'transformer', not {cfg['decoder']!r}")
     return cfg
-
-
-def hz_to_midi(f0_hz: torch.Tensor) -> torch.Tensor:
-    """Hz -> MIDI note number (69 = A4 = 440 Hz), clamped at MIDI 0 (f0 <= 8.2 Hz, including 0)."""
-    return (12.0 * torch.log2(f0_hz.clamp_min(1e-3) / 440.0) + 69.0).clamp_min(0.0)
 
 
 def mlp(in_size: int, hidden: int, layers: int) -> nn.Sequential:
@@ -148,7 +144,7 @@ class NeuralGuitar(nn.Module):
     # ---- decoder ---------------------------------------------------------------------------
     def scale_inputs(self, f0_hz: torch.Tensor, loudness_db: torch.Tensor):
         """[B, F] Hz, dB -> two [B, F, 1] network inputs: MIDI/127 and standardised loudness."""
-        f0 = hz_to_midi(f0_hz)[..., None] / 127.0
+        f0 = features.hz_to_midi(f0_hz.clamp_min(8.2)).clamp_min(0.0)[..., None] / 127.0  # MIDI/127
         ld = ((loudness_db - self.config["loudness_mean"]) / self.config["loudness_std"])[..., None]
         return f0, ld
 

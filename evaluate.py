@@ -200,7 +200,7 @@ def evaluate_pairs(model, pairs, args, device) -> dict:
         try:
             x = features.load_audio(src)
             target = features.load_audio(tgt)
-            res = transfer.transfer_audio(model, x, str(src), transfer.AdjustSettings(), args.crepe, device,
+            res = transfer.transfer_audio(model, x, str(src), transfer.adjust_settings(args), args.crepe, device,
                                           args.chunk_frames, args.seed, progress=False)
         except UserError as e:
             tqdm.write(f"skipped: {e}", file=sys.stderr)
@@ -271,6 +271,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--target_dir", default=None, help="pairs: folder of targets with the same names (e.g. guitar)")
     p.add_argument("--crepe", choices=("tiny", "full"), default="tiny",
                    help="CREPE model for features and for the output's pitch: tiny (default, fast) or full (accurate)")
+    adjust = p.add_argument_group("pairs: transfer auto-adjust (as in transfer.py)")
+    transfer.add_adjust_arguments(adjust)
     p.add_argument("--limit", type=int, default=None, help="evaluate only the first N files / pairs")
     p.add_argument("--json", default=None, help="also write all numbers to this JSON file")
     p.add_argument("--chunk_frames", type=int, default=2500, help="frames rendered per chunk")

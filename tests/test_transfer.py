@@ -198,7 +198,8 @@ def test_adjust_maps_note_loudness_and_quiets_the_rest():
     f0 = np.full(F, 200.0)
     q_train = np.linspace(-60, -20, 101)
     cfg = {"mean_midi": 55.0, "loudness_quantiles": list(q_train), "loudness_mean": 0.0, "loudness_std": 1.0}
-    _, out, info = transfer.adjust_features(f0, loud, per, cfg, transfer.AdjustSettings(max_slope=None))
+    _, out, info = transfer.adjust_features(f0, loud, per, cfg,
+                                            transfer.AdjustSettings(max_slope=None, envelope="voice"))
     assert np.array_equal(info["note_mask"], note)
     np.testing.assert_allclose(transfer.loudness_quantiles(out[note]), q_train, atol=0.1)
     far = ~note & (transfer.note_weight(note) == 0)
@@ -206,6 +207,29 @@ def test_adjust_maps_note_loudness_and_quiets_the_rest():
     _, raw, info = transfer.adjust_features(f0, loud, per, cfg, transfer.AdjustSettings(auto=False, loudness_db=3))
     np.testing.assert_allclose(raw, loud + 3, atol=1e-4)
     assert info["octave"] == 0
+
+
+def test_note_segments_split_on_held_pitch_changes_only():
+    F = 300
+    note = np.zeros(F, bool)
+    note[10:150] = note[200:260] = True
+    f0 = np.full(F, 220.0)
+    f0[80:150] = 220.0 * 2 ** (2 / 12)                       # a legato step up a whole tone at frame 80
+    f0[40:44] = 220.0 * 2 ** (1 / 12)                        # a 16 ms flick: not a new note
+    f0[200:260] = 220.0 * 2 ** (0.3 * np.sin(np.arange(60)) / 12)  # vibrato within a semitone
+    assert transfer.note_segments(note, f0) == [(10, 80), (80, 150), (200, 260)]
+
+
+def test_pluck_envelope_starts_at_the_onset_level_and_decays():
+    F = 500
+    note = np.zeros(F, bool)
+    note[100:350] = True
+    loud = np.where(note, -20.0, -70.0)
+    loud[100:110] = np.linspace(-40, -10, 10)                # the sung attack peaks at -10 dB
+    out = transfer.pluck_envelope(loud, note, np.full(F, 200.0), decay_db_per_s=20.0)
+    t = np.arange(250) / 250.0
+    np.testing.assert_allclose(out[100:350], -10.0 - 20.0 * t)   # 1 s later: 20 dB down
+    np.testing.assert_array_equal(out[~note], loud[~note])        # outside notes: untouched
 
 
 def test_detect_notes_closes_gaps_and_drops_blips():
@@ -227,7 +251,9 @@ def test_detect_notes_closes_gaps_and_drops_blips():
 def test_output_tracks_the_sung_pitch(ckpt, voice_file, tmp_path, monkeypatch, capsys):
     path, x, _ = voice_file
     out = tmp_path / "guitar.wav"
-    code, stdout, _ = cli([path, "-o", out, "--checkpoint", ckpt, "--device", "cpu", "--plot"], monkeypatch, capsys)
+    # --envelope voice: sustained output, so the pitch can be measured over whole notes (a pluck decays)
+    code, stdout, _ = cli([path, "-o", out, "--checkpoint", ckpt, "--device", "cpu", "--plot", "--envelope", "voice"],
+                          monkeypatch, capsys)
     assert code == 0 and "real-time factor" in stdout
     y, sr = sf.read(out, dtype="float32")
     assert sr == SR and y.size == x.size

@@ -133,9 +133,11 @@ def silence_fixture():
     return silence
 
 
-@pytest.fixture
+@pytest.fixture(scope="module")
 def single_thread():
-    """Run the test with `torch.set_num_threads(1)`; the previous setting is restored afterwards."""
+    """Run a test module with `torch.set_num_threads(1)` (restored afterwards): on a shared 2-core
+    machine two intra-op threads contend and run several times slower. Use it with
+    `pytestmark = pytest.mark.usefixtures("single_thread")`."""
     import torch
 
     before = torch.get_num_threads()

@@ -88,14 +88,8 @@ def wandb_history(wandb_file):
     return rows
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Same thread count as the subprocesses (OMP_NUM_THREADS=1): identical float results, and kind to
-    a shared CPU."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+# one torch thread, as in the subprocesses (OMP_NUM_THREADS=1): identical float results, kind to a shared CPU
+pytestmark = pytest.mark.usefixtures("single_thread")
 
 
 @pytest.fixture(scope="module")

@@ -5,7 +5,7 @@ Oracles: analytic signals with known f0, CREPE (torchcrepe via features.compute_
 exact arithmetic for the octave rule and the quantile map, soundfile for what was written. The model is
 a small one trained here for a few dozen steps on plucked harmonic tones (MIDI 40-52), with the
 training-set statistics in its config computed by data.dataset_statistics, as train.py does.
-Tests run with one torch thread (see `one_thread`).
+Tests run with one torch thread (conftest `single_thread`).
 """
 from __future__ import annotations
 
@@ -110,13 +110,7 @@ def tiny_checkpoint(directory: Path) -> Path:
     return path
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """One intra-op thread: on a shared 2-core machine two threads contend and run ~5x slower."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("single_thread")
 
 
 @pytest.fixture(scope="session")
@@ -355,13 +349,22 @@ def test_bad_input_one_line_exit_1_no_output(kind, ckpt, tmp_path, monkeypatch, 
     assert not (out.parent.exists() and any(out.parent.iterdir()))
 
 
-def test_missing_default_checkpoint_is_one_line_from_the_real_cli(tmp_path):
-    if transfer.DEFAULT_CHECKPOINT.is_file():
-        pytest.skip("the bundled checkpoint exists; tested elsewhere")
+def test_missing_checkpoint_is_one_line_from_the_real_cli(tmp_path):
     src = tmp_path / "v.wav"
     sf.write(src, sung_tone(seconds=0.5)[0], SR)
-    r = subprocess.run([sys.executable, str(ROOT / "transfer.py"), str(src), "-o", str(tmp_path / "o.wav")],
+    r = subprocess.run([sys.executable, str(ROOT / "transfer.py"), str(src), "-o", str(tmp_path / "o.wav"),
+                        "--checkpoint", str(tmp_path / "nope.pth")],
                        capture_output=True, text=True, cwd=tmp_path, timeout=120)
-    assert r.returncode == 1 and len(r.stderr.strip().splitlines()) == 1
-    assert "guitar_demo.pth" in r.stderr and "--checkpoint" in r.stderr
+    assert r.returncode == 1 and len(r.stderr.strip().splitlines()) == 1, r.stderr
+    assert "nope.pth" in r.stderr and "--checkpoint" in r.stderr
+    assert not (tmp_path / "o.wav").exists()
+
+
+def test_missing_bundled_checkpoint_is_one_line(tmp_path, monkeypatch, capsys):
+    monkeypatch.setattr(transfer, "DEFAULT_CHECKPOINT", ROOT / "pretrained" / "not_there_guitar_demo.pth")
+    src = tmp_path / "v.wav"
+    sf.write(src, sung_tone(seconds=0.5)[0], SR)
+    code, _, err = cli([src, "-o", tmp_path / "o.wav"], monkeypatch, capsys)
+    assert code == 1 and len(err.strip().splitlines()) == 1
+    assert "guitar_demo.pth" in err and "--checkpoint" in err
     assert not (tmp_path / "o.wav").exists()

@@ -16,14 +16,12 @@ nothing usable exists at the end.
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 import time
 from collections import deque
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-import numpy as np
 import torch
 from tqdm import tqdm
 

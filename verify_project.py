@@ -30,7 +30,7 @@ import time
 from pathlib import Path
 from typing import Callable
 
-from utils import HelpFormatter, run_main
+from utils import HelpFormatter, cpu_name, run_main
 
 ROOT = Path(__file__).resolve().parent
 PACKAGES = ("torch", "torchaudio", "torchcrepe", "numpy", "librosa", "soundfile", "wandb")
@@ -111,17 +111,6 @@ def check_device(ctx) -> str:
         props = torch.cuda.get_device_properties(idx)
         return f"cuda:{idx} {props.name} ({props.total_memory / 2**30:.0f} GiB)"
     return f"cpu, {torch.get_num_threads()} threads ({cpu_name()})"
-
-
-def cpu_name() -> str:
-    """CPU model name from /proc/cpuinfo (Linux), else platform's description."""
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.lower().startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 def check_model(ctx) -> str:

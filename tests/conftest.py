@@ -146,3 +146,17 @@ def single_thread():
         yield
     finally:
         torch.set_num_threads(before)
+
+
+def run_cli(main, argv, monkeypatch, capsys):
+    """Run a script's `main` in-process exactly as `python script.py ARGV...` would (utils.run_main:
+    exit codes and one-line errors). Returns (exit code, stdout, stderr)."""
+    import sys
+
+    from utils import run_main
+
+    monkeypatch.setattr(sys, "argv", ["script.py", *map(str, argv)])
+    with pytest.raises(SystemExit) as e:
+        run_main(main)
+    out = capsys.readouterr()
+    return e.value.code, out.out, out.err

@@ -6,17 +6,15 @@ real CLI (in-process through utils.run_main). The model is the small one trained
 from __future__ import annotations
 
 import json
-import sys
 
 import numpy as np
 import pytest
 import soundfile as sf
-import torch
 
 import evaluate
+from conftest import run_cli
 import features
 from test_transfer import pluck, sung_tone, tiny_checkpoint
-from utils import run_main
 
 SR = features.SAMPLE_RATE
 
@@ -45,11 +43,7 @@ def folders(tmp_path_factory):
 
 
 def cli(argv, monkeypatch, capsys):
-    monkeypatch.setattr(sys, "argv", ["evaluate.py", *map(str, argv)])
-    with pytest.raises(SystemExit) as e:
-        run_main(evaluate.main)
-    out = capsys.readouterr()
-    return e.value.code, out.out, out.err
+    return run_cli(evaluate.main, argv, monkeypatch, capsys)
 
 
 def test_sine_baseline_has_the_input_pitch_and_loudness():

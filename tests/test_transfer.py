@@ -20,7 +20,8 @@ import torch
 
 import features
 import transfer
-from utils import atomic_torch_save, run_main
+from conftest import run_cli
+from utils import atomic_torch_save
 
 ROOT = Path(__file__).resolve().parents[1]
 SR = features.SAMPLE_RATE
@@ -127,12 +128,7 @@ def voice_file(tmp_path_factory):
 
 
 def cli(argv, monkeypatch, capsys):
-    """Run transfer's CLI in-process exactly as `python transfer.py ...` would (run_main)."""
-    monkeypatch.setattr(sys, "argv", ["transfer.py", *map(str, argv)])
-    with pytest.raises(SystemExit) as e:
-        run_main(transfer.main)
-    out = capsys.readouterr()
-    return e.value.code, out.out, out.err
+    return run_cli(transfer.main, argv, monkeypatch, capsys)
 
 
 # ---------------------------------------------------------------------------------------------------

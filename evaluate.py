@@ -43,7 +43,7 @@ from tqdm import tqdm
 
 import features
 import transfer
-from utils import HelpFormatter, UserError, atomic_path, pick_device, run_main
+from utils import HelpFormatter, UserError, add_device_arguments, apply_threads, atomic_path, pick_device, run_main
 
 VOICED_PERIODICITY = 0.5
 METRICS = ("mss", "f0_cents", "rpa", "loud_l1_db")
@@ -277,10 +277,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", default=None, help="also write all numbers to this JSON file")
     p.add_argument("--chunk_frames", type=int, default=2500, help="frames rendered per chunk")
     p.add_argument("--seed", type=int, default=0, help="seed of the synthesizer's noise")
-    p.add_argument("--device", default="auto", help="auto | cpu | cuda")
-    p.add_argument("--threads", type=int, default=1,
-                   help="CPU threads for torch (0 = torch's default, one per core). Batch-1 inference is many small "
-                        "ops: 1 thread measured 4.1x real time on 30 s (2 threads: 1.7x when another job used a core)")
+    add_device_arguments(p, threads=1, threads_help="Batch-1 inference is many small ops: 1 thread measured 4.1x real time on 30 s (2 threads: 1.7x when another job used a core)")
     return p
 
 
@@ -309,8 +306,7 @@ def main(argv=None) -> int:
     if pair_dirs is not None:
         pairs = match_pairs(*pair_dirs)[: args.limit]
     device = pick_device(args.device)
-    if args.threads > 0:
-        torch.set_num_threads(args.threads)
+    apply_threads(args.threads)
     from model import load_model
 
     model = load_model(ckpt, device)

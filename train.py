@@ -65,7 +65,8 @@ import model as models
 from data import NeuralGuitarDataset
 from features import HOP, SAMPLE_RATE
 from loss import MultiResolutionSTFTLoss
-from utils import HelpFormatter, UserError, atomic_path, pick_device, run_main, torch_load
+from utils import (HelpFormatter, UserError, add_device_arguments, apply_threads, atomic_path, pick_device,
+                   run_main, torch_load)
 
 CHECKPOINT_VERSION = 1
 STATS_KEYS = ("loudness_mean", "loudness_std", "loudness_quantiles", "mean_midi")
@@ -142,10 +143,9 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--wandb_project", default="neural-guitar", help="W&B project")
     g.add_argument("--run_name", default=None, help="W&B run name (None: W&B picks one)")
     g.add_argument("--audio_every", type=int, default=5, help="log an original/reconstruction audio pair and spectrograms every this many epochs (0 = never)")
-    g.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N (under torchrun: cuda:LOCAL_RANK)")
-    g.add_argument("--threads", type=int, default=0,
-                   help="CPU threads for tensor ops (0 = torch's default, one per core). On a CPU busy with other "
-                        "work use 1: measured here, a step took 1.1 s with 1 thread and 5-16 s with 2 under load")
+    add_device_arguments(g, threads=0, device_help="auto | cpu | cuda | cuda:N (under torchrun: cuda:LOCAL_RANK)",
+                         threads_help="On a CPU busy with other work use 1: measured here, a step took 1.1 s with "
+                                      "1 thread and 5-16 s with 2 under load")
     return p
 
 
@@ -374,8 +374,7 @@ def spectrogram_figure(original: np.ndarray, reconstruction: np.ndarray):
 
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
-    if args.threads > 0:
-        torch.set_num_threads(args.threads)
+    apply_threads(args.threads)
     dist_info = init_distributed(args.device)
     previous_deterministic = torch.are_deterministic_algorithms_enabled()
     try:

@@ -55,7 +55,8 @@ import torch
 from tqdm import tqdm
 
 import features
-from utils import HelpFormatter, UserError, atomic_path, atomic_write_wav, pick_device, run_main
+from utils import (HelpFormatter, UserError, add_device_arguments, apply_threads, atomic_path, atomic_write_wav,
+                   pick_device, run_main)
 
 ROOT = Path(__file__).resolve().parent
 DEFAULT_CHECKPOINT = ROOT / "pretrained" / "guitar_demo.pth"
@@ -514,10 +515,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--segment_seconds", type=float, default=60.0,
                    help="pitch analysis runs on segments of this length (memory bound)")
     p.add_argument("--seed", type=int, default=0, help="seed of the synthesizer's noise")
-    p.add_argument("--device", default="auto", help="auto | cpu | cuda")
-    p.add_argument("--threads", type=int, default=1,
-                   help="CPU threads for torch (0 = torch's default, one per core). Batch-1 inference is many small "
-                        "ops: 1 thread measured 4.1x real time on 30 s (2 threads: 1.7x when another job used a core)")
+    add_device_arguments(p, threads=1, threads_help="Batch-1 inference is many small ops: 1 thread measured 4.1x real time on 30 s (2 threads: 1.7x when another job used a core)")
     return p
 
 
@@ -565,8 +563,7 @@ def main(argv=None) -> int:
     ckpt = resolve_checkpoint(args.checkpoint)
     outs = output_paths(args.inputs, args.output)
     device = pick_device(args.device)
-    if args.threads > 0:
-        torch.set_num_threads(args.threads)
+    apply_threads(args.threads)
     from model import load_model
 
     model = load_model(ckpt, device)

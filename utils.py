@@ -98,6 +98,20 @@ def cpu_name() -> str:
     return platform.processor() or platform.machine()
 
 
+def add_device_arguments(parser, threads: int, threads_help: str,
+                         device_help: str = "auto | cpu | cuda (auto = cuda if available)") -> None:
+    """`--device` and `--threads` (CPU threads for torch ops; 0 = torch's default, one per core)."""
+    parser.add_argument("--device", default="auto", help=device_help)
+    parser.add_argument("--threads", type=int, default=threads,
+                        help="CPU threads for torch (0 = torch's default, one per core). " + threads_help)
+
+
+def apply_threads(threads: int) -> None:
+    """torch.set_num_threads(threads) when threads > 0."""
+    if threads > 0:
+        torch.set_num_threads(threads)
+
+
 class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
     """Shows defaults in --help and keeps the description's line breaks."""
 

@@ -48,7 +48,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from features import FEATURE_VERSION, FRAME_RATE, HOP, LOUDNESS_RANGE_DB, SAMPLE_RATE, SILENCE_DB, n_frames
+from features import FEATURE_VERSION, FRAME_RATE, HOP, LOUDNESS_RANGE_DB, SAMPLE_RATE, SILENCE_DB, hz_to_midi, n_frames
 from utils import UserError, torch_load
 
 FEATURE_KEYS = ("audio", "f0_hz", "periodicity", "loudness_db")
@@ -171,7 +171,7 @@ def dataset_statistics(files: list, silence_db: float = SILENCE_DB) -> dict:
         warnings.warn("no voiced frames (periodicity > 0.5) in the training files; mean_midi uses all "
                       "frames with f0 > 0")
         voiced = f0 > 0
-    mean_midi = float(np.mean(12.0 * np.log2(f0[voiced] / 440.0) + 69.0)) if voiced.any() else 60.0
+    mean_midi = float(np.mean(hz_to_midi(f0[voiced].astype(np.float64)))) if voiced.any() else 60.0
     return {
         "loudness_mean": float(loud.mean()),
         "loudness_std": float(max(loud.std(), 1e-3)),

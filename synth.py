@@ -375,15 +375,8 @@ class Reverb(nn.Module):
         """
         wet = fft_convolve(audio, self.wet_ir().to(audio.dtype))  # [B, T + L - 1]
         T = audio.shape[-1]
-        if tail is not None:
-            n = min(tail.shape[-1], wet.shape[-1])
-            wet = torch.cat([wet[:, :n] + tail[:, :n], wet[:, n:]], dim=1)
-            if tail.shape[-1] > n:  # chunk shorter than the IR: keep the rest of the old tail
-                wet = torch.cat([wet, tail[:, n:]], dim=1)
+        if tail is not None:  # wet is T + L - 1 long, never shorter than the L - 1 tail
+            n = tail.shape[-1]
+            wet = torch.cat([wet[:, :n] + tail, wet[:, n:]], dim=1)
         out = audio + wet[:, :T]
-        if return_tail:
-            new_tail = wet[:, T:]
-            L1 = self.ir.shape[0] - 1
-            new_tail = F.pad(new_tail, (0, max(0, L1 - new_tail.shape[-1])))[:, :L1]
-            return out, new_tail
-        return out
+        return (out, wet[:, T:]) if return_tail else out  # new tail: exactly L - 1 samples

@@ -24,7 +24,11 @@ The result is identical (to float32 rounding) to summing every partial at audio 
 from __future__ import annotations
 
 import math
+import os
+from concurrent.futures import ThreadPoolExecutor
 
+import numpy as np
+import scipy.fft
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
@@ -105,6 +109,12 @@ def partial_frequencies(f0_hz: torch.Tensor, ratios: torch.Tensor, sample_rate: 
     return omega, next_frame(omega) - omega
 
 
+def wrap_phase(x: torch.Tensor) -> torch.Tensor:
+    """Phase wrapped to [0, 2pi) (rad): x - 2pi floor(x / 2pi); gradient 1. (3.5x faster than
+    torch.remainder in float64.)"""
+    return x - TWO_PI * torch.floor(x * (1.0 / TWO_PI))
+
+
 def frame_phases(omega: torch.Tensor, domega: torch.Tensor, hop: int,
                  initial_phase: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """Exact phase of every partial at the first sample of every frame.
@@ -123,31 +133,67 @@ def frame_phases(omega: torch.Tensor, domega: torch.Tensor, hop: int,
     csum = torch.cumsum(advance, dim=1)
     start = torch.zeros_like(csum[:, :1]) if initial_phase is None else initial_phase.double()[:, None]
     theta0 = torch.cat([start, start + csum[:, :-1]], dim=1)
-    final = torch.remainder(start[:, 0] + csum[:, -1], TWO_PI)
-    return torch.remainder(theta0, TWO_PI).to(omega.dtype), final
+    final = wrap_phase(start[:, 0] + csum[:, -1])
+    return wrap_phase(theta0).to(omega.dtype), final
 
 
-def _bucket_sizes(n_partials: int) -> list[int]:
-    """Partial counts the bank groups frames into: 16, 32, ... up to K."""
-    sizes = list(range(16, n_partials, 16)) + [n_partials]
-    return sizes
+def _bucket_sizes(n_partials: int, width: int = 8) -> list[int]:
+    """Partial counts the bank groups frames into: `width`, 2*`width`, ... up to K."""
+    return list(range(width, n_partials, width)) + [n_partials]
+
+
+_POOL: tuple[int, int, ThreadPoolExecutor] | None = None  # (pid, workers, pool) for `_numpy_inplace`
+
+
+def _numpy_inplace(ufunc, x: torch.Tensor) -> bool:
+    """Apply numpy `ufunc` (np.sin / np.cos) to a CPU float tensor in place; False if not applicable.
+
+    numpy's SIMD sine is 2.3x faster than torch.sin on AVX-512 at the same accuracy (<= 1 ulp against
+    float64). numpy does not thread, so large arrays are split over `torch.get_num_threads()` threads
+    (numpy releases the GIL), as torch would."""
+    global _POOL
+    if x.device.type != "cpu" or x.dtype not in (torch.float32, torch.float64) or not x.is_contiguous():
+        return False
+    a = x.numpy().reshape(-1)
+    workers = min(torch.get_num_threads(), max(1, a.size >> 18))
+    if workers == 1:
+        ufunc(a, out=a)
+        return True
+    if _POOL is None or _POOL[0] != os.getpid() or _POOL[1] != workers:  # new after a fork, too
+        _POOL = (os.getpid(), workers, ThreadPoolExecutor(workers, thread_name_prefix="synth-sin"))
+    parts = np.array_split(a, workers)
+    for f in [_POOL[2].submit(ufunc, p, out=p) for p in parts]:
+        f.result()
+    return True
+
+
+def _sin_(x: torch.Tensor) -> torch.Tensor:
+    """In-place sine (numpy's on CPU, see `_numpy_inplace`; torch's elsewhere). x must not require grad."""
+    return x if _numpy_inplace(np.sin, x) else x.sin_()
+
+
+def _cos_(x: torch.Tensor) -> torch.Tensor:
+    """In-place cosine; see `_sin_`."""
+    return x if _numpy_inplace(np.cos, x) else x.cos_()
 
 
 class _HarmonicBank(torch.autograd.Function):
     """Sum of partials with quadratic phase and linear amplitude inside each frame.
 
     For frame m and sample n in [0, hop):
-        theta[m, n, k] = theta0[m, k] + omega[m, k] * n + domega[m, k] * n^2/(2 hop)
-        a[m, n, k]     = amp0[m, k] * (1 - n/hop) + amp1[m, k] * n/hop
-        y[m, n]        = sum_k a[m, n, k] * sin(theta[m, n, k])
+        theta[m, k, n] = theta0[m, k] + omega[m, k] * n + domega[m, k] * n^2/(2 hop)
+        a[m, k, n]     = amp0[m, k] * (1 - n/hop) + amp1[m, k] * n/hop
+        y[m, n]        = sum_k a[m, k, n] * sin(theta[m, k, n])
     Inputs are [M, K] (frames flattened); output [M, hop]. Frames only use their first
     `n_active[m]` partials (the others have zero amplitude), grouped into buckets of equal width.
-    Backward recomputes the sines/cosines chunk by chunk: nothing of size [M, hop, K] is stored.
+    Per chunk of frames: one matmul makes the phases `[m, k, hop]` (partial-major, so each partial's
+    samples are contiguous), one in-place sine, one batched matmul with the two amplitude ramps.
+    Backward recomputes the sines/cosines chunk by chunk: nothing of size [M, K, hop] is stored.
     Exact-zero amplitudes past a frame's bucket are treated as structural zeros: their gradient is
     returned as 0 (right for the synthesizer, where they come from the Nyquist mask).
     """
 
-    CHUNK_ELEMENTS = 1 << 20  # ~4 MB float32 per intermediate: stays in cache-friendly sizes
+    CHUNK_ELEMENTS = 1 << 20  # phases per chunk (4 MB float32), reused buffer: fewest passes measured
 
     @staticmethod
     def _groups(amp0, amp1):
@@ -164,57 +210,79 @@ class _HarmonicBank(torch.autograd.Function):
         return groups
 
     @staticmethod
-    def _theta(theta0, omega, domega, basis):
-        """[M, k] x3 -> [M, hop, k] phase via one batched matmul with the [hop, 3] basis (1, n, n2)."""
-        coeffs = torch.stack([theta0, omega, domega], dim=1)  # [M, 3, k]
-        return torch.matmul(basis, coeffs)  # [hop, 3] @ [M, 3, k] -> [M, hop, k]
+    def _chunks(groups, hop: int):
+        """(frame indices, partial count) per chunk of at most CHUNK_ELEMENTS phases."""
+        for idx, size in groups:
+            step = max(1, _HarmonicBank.CHUNK_ELEMENTS // (hop * size))
+            for s in range(0, idx.numel(), step):
+                yield idx[s:s + step], size
+
+    @staticmethod
+    def _theta(out, theta0, omega, domega, basis_t):
+        """[m, k] x3 -> phases [m, k, hop] written into `out` (one matmul with the [3, hop] basis 1, n, n2/2hop)."""
+        coeffs = torch.stack([theta0, omega, domega], dim=2)  # [m, k, 3]
+        return torch.matmul(coeffs, basis_t, out=out)
+
+    @staticmethod
+    def _basis(hop: int, like: torch.Tensor):
+        n = torch.arange(hop, device=like.device, dtype=like.dtype)
+        basis_t = torch.stack([torch.ones_like(n), n, n * n / (2 * hop)], dim=0)  # [3, hop]
+        ramp = torch.stack([1 - n / hop, n / hop], dim=0)  # [2, hop]
+        return basis_t, ramp
+
+    @staticmethod
+    def _workspace(chunks, hop: int, like: torch.Tensor) -> torch.Tensor:
+        n = max((len(j) * size * hop for j, size in chunks), default=0)
+        return like.new_empty(n)
 
     @staticmethod
     def forward(ctx, theta0, omega, domega, amp0, amp1, hop: int):
         M, K = theta0.shape
-        n = torch.arange(hop, device=theta0.device, dtype=theta0.dtype)
-        basis = torch.stack([torch.ones_like(n), n, n * n / (2 * hop)], dim=1)  # [hop, 3]
-        ramp = torch.stack([1 - n / hop, n / hop], dim=0)  # [2, hop]
+        basis_t, ramp = _HarmonicBank._basis(hop, theta0)
         y = theta0.new_zeros(M, hop)
         groups = _HarmonicBank._groups(amp0, amp1)
-        for idx, size in groups:
-            step = max(1, _HarmonicBank.CHUNK_ELEMENTS // (hop * size))
-            for s in range(0, idx.numel(), step):
-                j = idx[s:s + step]
-                th = _HarmonicBank._theta(theta0[j, :size], omega[j, :size], domega[j, :size], basis)
-                th.sin_()
-                amps = torch.stack([amp0[j, :size], amp1[j, :size]], dim=2)  # [m, k, 2]
-                y[j] = (torch.bmm(th, amps) * ramp.T).sum(-1)  # [m, hop]
-        ctx.save_for_backward(theta0, omega, domega, amp0, amp1, basis, ramp)
-        ctx.groups = groups
-        ctx.hop = hop
+        chunks = list(_HarmonicBank._chunks(groups, hop))
+        work = _HarmonicBank._workspace(chunks, hop, theta0)
+        for j, size in chunks:
+            th = work[: len(j) * size * hop].view(len(j), size, hop)
+            _HarmonicBank._theta(th, theta0[j, :size], omega[j, :size], domega[j, :size], basis_t)
+            _sin_(th)
+            amps = torch.stack([amp0[j, :size], amp1[j, :size]], dim=1)  # [m, 2, k]
+            r = torch.bmm(amps, th)  # [m, 2, hop]
+            y[j] = r[:, 0] * ramp[0] + r[:, 1] * ramp[1]
+        ctx.save_for_backward(theta0, omega, domega, amp0, amp1)
+        ctx.chunks, ctx.hop = chunks, hop
         return y
 
     @staticmethod
     def backward(ctx, grad_y):
-        theta0, omega, domega, amp0, amp1, basis, ramp = ctx.saved_tensors
+        theta0, omega, domega, amp0, amp1 = ctx.saved_tensors
         need_phase = any(ctx.needs_input_grad[:3])
         need_amp = any(ctx.needs_input_grad[3:5])
         g_phase = [torch.zeros_like(theta0) for _ in range(3)] if need_phase else None
         g_amp = [torch.zeros_like(amp0) for _ in range(2)] if need_amp else None
         hop = ctx.hop
-        for idx, size in ctx.groups:
-            step = max(1, _HarmonicBank.CHUNK_ELEMENTS // (hop * size))
-            for s in range(0, idx.numel(), step):
-                j = idx[s:s + step]
-                th = _HarmonicBank._theta(theta0[j, :size], omega[j, :size], domega[j, :size], basis)
-                gw = grad_y[j][:, None, :] * ramp  # [m, 2, hop]: gradient split by the two amp ramps
-                if need_amp:
-                    ga = torch.bmm(gw, torch.sin(th))  # [m, 2, k]
-                    g_amp[0][j, :size] = ga[:, 0]
-                    g_amp[1][j, :size] = ga[:, 1]
-                if need_phase:
-                    # weights (ramp_r(n) * basis_p(n)) for r in {0,1}, p in {1, n, n2}: [m, 6, hop]
-                    gwb = (gw[:, :, None, :] * basis.T[None, None]).reshape(len(j), 6, hop)
-                    r = torch.bmm(gwb, th.cos_()).reshape(len(j), 2, 3, size)  # [m, 2, 3, k]
-                    a0, a1 = amp0[j, :size], amp1[j, :size]
-                    for p in range(3):
-                        g_phase[p][j, :size] = a0 * r[:, 0, p] + a1 * r[:, 1, p]
+        basis_t, ramp = _HarmonicBank._basis(hop, theta0)
+        grad_y = grad_y.contiguous()
+        work = _HarmonicBank._workspace(ctx.chunks, hop, theta0)
+        work_sin = _HarmonicBank._workspace(ctx.chunks, hop, theta0) if (need_amp and need_phase) else None
+        for j, size in ctx.chunks:
+            m = len(j)
+            th = work[: m * size * hop].view(m, size, hop)
+            _HarmonicBank._theta(th, theta0[j, :size], omega[j, :size], domega[j, :size], basis_t)
+            gw = grad_y[j][:, None, :] * ramp  # [m, 2, hop]: gradient split by the two amplitude ramps
+            if need_amp:
+                s = th if not need_phase else work_sin[: m * size * hop].view(m, size, hop).copy_(th)
+                ga = torch.bmm(_sin_(s), gw.transpose(1, 2))  # [m, k, 2]
+                g_amp[0][j, :size] = ga[..., 0]
+                g_amp[1][j, :size] = ga[..., 1]
+            if need_phase:
+                # weights ramp_r(n) * basis_p(n) for r in {0, 1}, p in {1, n, n2/2hop}: [m, 6, hop]
+                gwb = (gw[:, :, None, :] * basis_t[None, None]).reshape(m, 6, hop)
+                r = torch.bmm(_cos_(th), gwb.transpose(1, 2)).reshape(m, size, 2, 3)  # [m, k, 2, 3]
+                a0, a1 = amp0[j, :size], amp1[j, :size]
+                for p in range(3):
+                    g_phase[p][j, :size] = a0 * r[:, :, 0, p] + a1 * r[:, :, 1, p]
         out = [None] * 6
         if need_phase:
             out[0:3] = g_phase
@@ -332,18 +400,31 @@ class FilteredNoiseSynthesizer(nn.Module):
             white_noise = torch.rand(B, T, device=magnitudes.device, dtype=magnitudes.dtype) * 2 - 1
         ir = noise_filter_ir(magnitudes)  # [B, F, L]
         L = ir.shape[-1]
-        n_fft = 1 << (self.hop + L - 2).bit_length()
+        n_fft = fast_fft_size(self.hop + L - 1)  # 192 for hop 64, 65 bands
         spec = torch.fft.rfft(white_noise.reshape(B, Fr, self.hop), n_fft) * torch.fft.rfft(ir, n_fft)
         frames = torch.fft.irfft(spec, n_fft)[..., : self.hop + L - 1]
         out = overlap_add(frames, self.hop)
         return out[:, self.delay: self.delay + T]
 
 
-def fft_convolve(signal: torch.Tensor, kernel: torch.Tensor) -> torch.Tensor:
-    """Full linear convolution via FFT: [B, T] * [L] -> [B, T + L - 1]."""
+def fast_fft_size(n: int) -> int:
+    """Smallest FFT length >= n whose only prime factors are 2, 3 and 5.
+
+    Such lengths are as fast as powers of two in torch's FFTs and usually much shorter: for the
+    reverb's 64,000 + 16,000 - 1 samples, 80,000 instead of 131,072 (measured 2.8x faster rfft).
+    """
+    return scipy.fft.next_fast_len(max(2, n), real=True)
+
+
+def fft_convolve(signal: torch.Tensor, kernel: torch.Tensor, kernel_spectrum=None) -> torch.Tensor:
+    """Full linear convolution via FFT: [B, T] * [L] -> [B, T + L - 1].
+
+    kernel_spectrum: optional callable n_fft -> rfft(kernel, n_fft), to reuse a kernel's transform.
+    """
     n = signal.shape[-1] + kernel.shape[-1] - 1
-    n_fft = 1 << (n - 1).bit_length()
-    out = torch.fft.irfft(torch.fft.rfft(signal, n_fft) * torch.fft.rfft(kernel, n_fft), n_fft)
+    n_fft = fast_fft_size(n)
+    spectrum = kernel_spectrum(n_fft) if kernel_spectrum is not None else torch.fft.rfft(kernel, n_fft)
+    out = torch.fft.irfft(torch.fft.rfft(signal, n_fft) * spectrum, n_fft)
     return out[..., :n]
 
 
@@ -362,6 +443,19 @@ class Reverb(nn.Module):
         g = torch.Generator().manual_seed(0)
         ir = torch.randn(n, generator=g) * initial_gain * torch.exp(-t / initial_decay_s)
         self.ir = nn.Parameter(ir)
+        self._spectrum_cache = None  # (key, rfft of the wet IR): reused while no gradient is needed
+
+    def _wet_spectrum(self, n_fft: int, dtype: torch.dtype) -> torch.Tensor:
+        """rfft of the wet IR at n_fft points, [n_fft//2 + 1] complex. Without autograd (inference,
+        validation) it is cached until the IR changes (its version counter moves on every optimizer
+        step or load_state_dict): one FFT fewer per call."""
+        if torch.is_grad_enabled() and self.ir.requires_grad:
+            return torch.fft.rfft(self.wet_ir().to(dtype), n_fft)
+        key = (n_fft, dtype, self.ir.device, self.ir.data_ptr(), self.ir._version)
+        if self._spectrum_cache is None or self._spectrum_cache[0] != key:
+            with torch.no_grad():
+                self._spectrum_cache = (key, torch.fft.rfft(self.wet_ir().to(dtype), n_fft))
+        return self._spectrum_cache[1]
 
     def wet_ir(self) -> torch.Tensor:
         """[L] impulse response of the wet path (first sample 0)."""
@@ -373,7 +467,7 @@ class Reverb(nn.Module):
         Returns:
             [B, T] dry + wet (and the new tail [B, L-1] when `return_tail`).
         """
-        wet = fft_convolve(audio, self.wet_ir().to(audio.dtype))  # [B, T + L - 1]
+        wet = fft_convolve(audio, self.wet_ir(), lambda n: self._wet_spectrum(n, audio.dtype))  # [B, T + L - 1]
         T = audio.shape[-1]
         if tail is not None:  # wet is T + L - 1 long, never shorter than the L - 1 tail
             n = tail.shape[-1]

@@ -82,3 +82,35 @@ def test_larger_for_a_more_detuned_sine(sine):
 def test_rejects_mismatched_shapes():
     with pytest.raises(ValueError):
         loss_mod.MultiResolutionSTFTLoss()(torch.zeros(1, 4000), torch.zeros(1, 4001))
+
+
+@pytest.mark.parametrize("chunk", [1 << 18, 4000])
+def test_gradient_equals_auraloss_gradient_for_both_inputs(monkeypatch, chunk):
+    """The loss computes its gradient scale by scale (and a few batch items at a time, `chunk`) inside
+    forward to save memory; the gradient must still be auraloss's (x number of scales), for pred and target."""
+    monkeypatch.setattr(loss_mod._ScaleByScale, "CHUNK_SAMPLES", chunk)
+    pred, target = _pair(seed=3, B=3, T=4000)
+    ours = [x.clone().double().requires_grad_() for x in (pred, target)]
+    ref = [x.clone().double().requires_grad_() for x in (pred, target)]
+    value = loss_mod.MultiResolutionSTFTLoss().double()(*ours)
+    value.backward()
+    (_auraloss_equivalent()(ref[0][:, None], ref[1][:, None]) * len(loss_mod.FFT_SIZES)).backward()
+    for a, b in zip(ours, ref):
+        torch.testing.assert_close(a.grad, b.grad, rtol=1e-6, atol=1e-12)
+    # no gradient wanted: plain evaluation, same value
+    with torch.no_grad():
+        assert loss_mod.MultiResolutionSTFTLoss().double()(pred.double(), target.double()).item() == pytest.approx(value.item(), rel=1e-12)
+    # gradient w.r.t. pred only, scaled by an outer factor (backward multiplies by grad_output)
+    p = pred.clone().double().requires_grad_()
+    (3.0 * loss_mod.MultiResolutionSTFTLoss().double()(p, target.double())).backward()
+    torch.testing.assert_close(p.grad, 3.0 * ref[0].grad, rtol=1e-6, atol=1e-12)
+
+
+@pytest.mark.parametrize("n_fft", [2048, 256, 64])
+def test_stft_magnitude_equals_torch_stft(n_fft):
+    x = _pair(seed=4, B=2, T=5000)[0]
+    window = torch.hann_window(n_fft)
+    want = torch.stft(x, n_fft, n_fft // 4, n_fft, window, center=True, pad_mode="reflect",
+                      return_complex=True).abs().clamp_min(1e-7)
+    got = loss_mod.stft_magnitude(x, n_fft, n_fft // 4, window, 1e-7)
+    torch.testing.assert_close(got.transpose(1, 2), want, rtol=1e-6, atol=1e-6)

@@ -180,3 +180,80 @@ def test_small_model_learns_a_plucked_string(pluck):
         if losses[-1] <= 0.5 * losses[0]:
             break
     assert min(losses) <= 0.5 * losses[0], (losses[0], min(losses), len(losses))
+
+
+# ------------------------------------------------------------------------------------------------
+# The lean CPU training path of the GRU and the split first layer of out_mlp (memory savers)
+# ------------------------------------------------------------------------------------------------
+def _gru_grads(fn, gru, x, h0, weight):
+    x = x.detach().clone().requires_grad_()
+    h0 = None if h0 is None else h0.detach().clone().requires_grad_()
+    gru.zero_grad()
+    y, h = fn(gru, x, h0)
+    ((y * weight).sum() + (h ** 2).sum()).backward()
+    grads = [x.grad] + ([] if h0 is None else [h0.grad]) + [p.grad.clone() for p in gru.parameters()]
+    return y.detach(), h.detach(), grads
+
+
+@pytest.mark.parametrize("with_h0", [False, True])
+def test_lean_gru_equals_torch_gru_outputs_and_gradients(with_h0):
+    """model.run_gru's training path (own recurrence, recomputed gates) against nn.GRU itself."""
+    torch.manual_seed(0)
+    B, F, I, H = 3, 40, 12, 16
+    gru = torch.nn.GRU(I, H, batch_first=True).double()
+    x = torch.randn(B, F, I, dtype=torch.float64)
+    h0 = torch.randn(1, B, H, dtype=torch.float64) if with_h0 else None
+    weight = torch.randn(B, F, H, dtype=torch.float64)
+    torch_out = _gru_grads(lambda g, a, b: g(a, b), gru, x, h0, weight)
+    lean_out = _gru_grads(model_mod.run_gru, gru, x, h0, weight)
+    torch.testing.assert_close(lean_out[0], torch_out[0], rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(lean_out[1], torch_out[1], rtol=1e-12, atol=1e-12)
+    for got, want in zip(lean_out[2], torch_out[2]):
+        torch.testing.assert_close(got, want, rtol=1e-10, atol=1e-12)
+    # and it is the path actually taken while training on CPU: the backward node is ours
+    y, _ = model_mod.run_gru(gru, x.requires_grad_(), h0)
+    assert "GRURecurrence" in type(y.grad_fn).__name__
+    with torch.no_grad():  # inference uses PyTorch's own GRU
+        y_inf, _ = model_mod.run_gru(gru, x, h0)
+    torch.testing.assert_close(y_inf, torch_out[0], rtol=1e-12, atol=1e-12)
+
+
+def test_lean_gru_gradcheck():
+    torch.manual_seed(1)
+    B, F, H = 2, 5, 3
+    gi = torch.randn(B, F, 3 * H, dtype=torch.float64, requires_grad=True)
+    h0 = torch.randn(B, H, dtype=torch.float64, requires_grad=True)
+    w = torch.randn(3 * H, H, dtype=torch.float64, requires_grad=True)
+    b = torch.randn(3 * H, dtype=torch.float64, requires_grad=True)
+    assert torch.autograd.gradcheck(model_mod._GRURecurrence.apply, (gi, h0, w, b))
+
+
+def test_decode_equals_concatenated_out_mlp():
+    """decode applies out_mlp's first Linear to [core output, x] in two parts: same as on the concatenation."""
+    m = small_model("gru", mlp_layers=2)
+    f0, loud = controls(30, 2)
+    with torch.no_grad():
+        controls_out, _ = m.decode(f0, loud)
+        a, b = m.scale_inputs(f0, loud)
+        x = torch.cat([m.f0_mlp(a), m.loudness_mlp(b)], dim=-1)
+        y, _ = m.core(x)
+        raw = m.head(m.out_mlp(torch.cat([y, x], dim=-1)))
+    K = m.config["n_harmonics"]
+    torch.testing.assert_close(controls_out["harmonic_distribution"], model_mod.synth.exp_sigmoid(raw[..., 1:1 + K]),
+                               rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(controls_out["amplitude"], model_mod.synth.exp_sigmoid(raw[..., :1]), rtol=1e-5, atol=1e-6)
+
+
+def test_bf16_autocast_runs_the_decoder_in_bf16_and_the_dsp_in_float32():
+    """train.py --amp on CPU: the decoder under bfloat16 autocast, the synthesizer in float32."""
+    m = small_model("gru")
+    f0, loud = controls(60, 2)
+    with torch.no_grad():
+        ref = m(f0, loud, white_noise=white(60, 2))
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            raw, _ = m.decode(f0, loud)
+            out = m(f0, loud, white_noise=white(60, 2))
+    assert raw["harmonic_distribution"].dtype == torch.bfloat16
+    assert out["audio"].dtype == torch.float32 and out["harmonic_distribution"].dtype == torch.float32
+    rel = (out["harmonic_distribution"] - ref["harmonic_distribution"]).abs().max() / ref["harmonic_distribution"].abs().max()
+    assert 0 < rel < 0.05  # bf16 has ~3 significant digits: close, not equal

@@ -335,14 +335,14 @@ def test_harmonic_bank_gradcheck_dense():
 
 
 def test_harmonic_bank_gradcheck_buckets_and_chunks(monkeypatch):
-    """Frames with 0..20 live partials go through different buckets (16, 20); a tiny chunk size makes
+    """Frames with 0..20 live partials go through different buckets (8, 16, 20); a tiny chunk size makes
     every bucket loop over several chunks. Muted partials are structural zeros (the mask is part of
     the function, as in the synthesizer, where the Nyquist mask multiplies the amplitudes)."""
     monkeypatch.setattr(synth._HarmonicBank, "CHUNK_ELEMENTS", 8)
     hop, active = 4, [3, 20, 0, 17, 8, 1, 16]
     theta0, omega, domega, amp0, amp1, keep = _bank_inputs(len(active), 20, hop, seed=1, active=active)
     groups = synth._HarmonicBank._groups(amp0, amp1)
-    assert sorted(size for _, size in groups) == [16, 20]
+    assert sorted(size for _, size in groups) == [8, 16, 20]
     inputs = tuple(t.requires_grad_() for t in (theta0, omega, domega, amp0, amp1))
     assert torch.autograd.gradcheck(
         lambda t0, w, dw, a0, a1: synth._HarmonicBank.apply(t0, w, dw, a0 * keep, a1 * keep, hop), inputs)
@@ -523,3 +523,53 @@ def test_reverb_streaming_with_tail_equals_full_convolution():
     assert start == 5000
     assert np.abs(torch.cat(pieces, 1).double().numpy() - expect).max() < 1e-5
     assert np.abs(tail.double().numpy() - full[:, 5000:]).max() < 1e-5  # what is still to ring out
+
+
+def test_fast_fft_size_is_the_smallest_5_smooth_length():
+    def smooth(n):
+        for p in (2, 3, 5):
+            while n % p == 0:
+                n //= p
+        return n == 1
+    for n in (2, 7, 97, 191, 1000, 79999, 80001):
+        size = synth.fast_fft_size(n)
+        assert size >= n and smooth(size)
+        assert not any(smooth(m) for m in range(n, size)), n  # brute force: nothing smaller qualifies
+    assert synth.fast_fft_size(64000 + 16000 - 1) == 80000
+
+
+def test_fft_convolve_equals_numpy_convolve():
+    g = np.random.default_rng(0)
+    for T, L in ((1000, 37), (64000, 16000), (5, 12)):
+        x, k = g.standard_normal((2, T)), g.standard_normal(L)
+        got = synth.fft_convolve(torch.tensor(x), torch.tensor(k)).numpy()
+        want = np.stack([np.convolve(row, k) for row in x])
+        assert got.shape == want.shape and np.abs(got - want).max() < 1e-9 * np.abs(want).max() * np.sqrt(L)
+
+
+def test_reverb_cached_spectrum_follows_ir_changes():
+    """Without autograd the reverb reuses its IR's FFT; an optimizer step or load_state_dict changes the
+    IR in place, and the output must follow (oracle: numpy convolution with the current IR)."""
+    rng = np.random.default_rng(1)
+    L, T = 300, 2000
+    rv = _reverb_with_ir(rng.normal(0, 0.1, L))
+    x = torch.tensor(rng.uniform(-1, 1, (1, T)), dtype=torch.float32)
+
+    def expected():
+        wet = rv.ir.detach().double().numpy().copy()
+        wet[0] = 0.0
+        return x.double().numpy() + np.convolve(x[0].double().numpy(), wet)[:T][None]
+
+    with torch.no_grad():
+        first = rv(x).double().numpy()
+        assert np.abs(first - expected()).max() < 1e-5
+        assert np.array_equal(rv(x).numpy(), first.astype(np.float32))  # cached: identical
+    opt = torch.optim.SGD(rv.parameters(), lr=1.0)
+    (rv(x) ** 2).mean().backward()  # with autograd: no cache involved
+    opt.step()  # changes the IR in place
+    with torch.no_grad():
+        assert np.abs(rv(x).double().numpy() - expected()).max() < 1e-5
+        assert np.abs(rv(x).double().numpy() - first).max() > 1e-3
+    rv.load_state_dict({"ir": torch.tensor(rng.normal(0, 0.1, L), dtype=torch.float32)})
+    with torch.inference_mode():
+        assert np.abs(rv(x).double().numpy() - expected()).max() < 1e-5

@@ -147,7 +147,7 @@ def test_short_run_writes_checkpoints_and_offline_wandb(data_dir, tmp_path, caps
                "--run_name", "tiny", wandb="offline")
     assert code == 0
     err = capsys.readouterr().err
-    assert "--amp is ignored on CPU" in err and "wandb sync" in err
+    assert "(amp bfloat16)" in err and "wandb sync" in err  # --amp on CPU: bfloat16 autocast (decoder)
     names = sorted(p.name for p in ckpt.glob("*.pth"))
     assert names == ["best.pth", "latest.pth", "model_epoch_2.pth", "model_epoch_3.pth"]  # keep_last 2
     ck = torch_load(ckpt / "latest.pth")  # weights_only=True

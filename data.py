@@ -33,7 +33,8 @@ Decisions (documented here once):
   one moved back to end with the file), silent tiles left out; the same every epoch, so val losses are
   comparable across epochs.
 - Statistics (`stats`, for the model config): always computed over the TRAIN split (see
-  `dataset_statistics`).
+  `dataset_statistics`). `refresh_checkpoint_statistics` recomputes them for an existing checkpoint
+  (e.g. one trained before a statistic existed), from the same split, without retraining.
 
 Memory: every file of the split is held in RAM (float32 audio, ~64 kB per second of audio), which
 keeps items cheap and lets DataLoader workers share the tensors after fork.
@@ -48,12 +49,17 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
+import transfer
 from features import FEATURE_VERSION, FRAME_RATE, HOP, LOUDNESS_RANGE_DB, SAMPLE_RATE, SILENCE_DB, hz_to_midi, n_frames
-from utils import UserError, torch_load
+from utils import UserError, atomic_torch_save, torch_load
 
 FEATURE_KEYS = ("audio", "f0_hz", "periodicity", "loudness_db")
 REQUIRED_KEYS = FEATURE_KEYS + ("sample_rate", "hop", "version")
 VOICED_PERIODICITY = 0.5  # frames with periodicity above this count as pitched for `mean_midi`
+PLUCK_BANDS = 6            # pluck envelope: pitch bands of equal note counts ...
+PLUCK_NOTES_PER_BAND = 50  # ... but fewer bands when the training set has fewer notes than 50 per band
+PLUCK_MIN_NOTES = 20       # a band's curve runs while at least this many of its notes still sound
+PLUCK_TAIL_FRAMES = 125    # past its end the curve goes on at the slope of its last 0.5 s
 
 
 # ---- files ---------------------------------------------------------------------------------------
@@ -153,7 +159,8 @@ def dataset_statistics(files: list, silence_db: float = SILENCE_DB) -> dict:
     Returns:
         dict(loudness_mean, loudness_std: float dB over non-silent frames (loudness >= silence_db);
              loudness_quantiles: 101 floats, dB, the 0..100 % quantiles of those frames;
-             mean_midi: float, mean MIDI pitch of voiced frames (periodicity > 0.5, f0 > 0)).
+             mean_midi: float, mean MIDI pitch of voiced frames (periodicity > 0.5, f0 > 0);
+             pluck_envelope: dict or None, see `pluck_envelope_statistic`).
         Plain Python numbers, so the dict can go into a checkpoint config.
     """
     feats = [f if isinstance(f, dict) else load_feature_file(f) for f in files]
@@ -177,7 +184,124 @@ def dataset_statistics(files: list, silence_db: float = SILENCE_DB) -> dict:
         "loudness_std": float(max(loud.std(), 1e-3)),
         "loudness_quantiles": [float(q) for q in np.quantile(loud, np.linspace(0.0, 1.0, 101))],
         "mean_midi": mean_midi,
+        "pluck_envelope": pluck_envelope_statistic(feats),
     }
+
+
+def note_envelopes(f0_hz: np.ndarray, periodicity: np.ndarray, loudness_db: np.ndarray,
+                   attack_frames: int = transfer.PLUCK_ATTACK_FRAMES) -> list[tuple[float, np.ndarray]]:
+    """The notes of one file, found as transfer.py finds sung notes (transfer.detect_notes with its
+    defaults, transfer.note_segments), each as (pitch: transfer.note_midi, MIDI; loudness relative to its
+    onset level (transfer.note_onset): float64 [n] dB, frame t after the note's first frame).
+    f0_hz, periodicity, loudness_db: [F] (Hz, 0..1, dB)."""
+    loud = np.asarray(loudness_db, np.float64)
+    f0 = np.asarray(f0_hz, np.float64)
+    note = transfer.detect_notes(periodicity, loud)
+    return [(transfer.note_midi(f0[a:b]), loud[a:b] - transfer.note_onset(loud[a:b], attack_frames)[1])
+            for a, b in transfer.note_segments(note, f0)]
+
+
+def median_curve(relative_db: list, min_notes: int = PLUCK_MIN_NOTES) -> np.ndarray:
+    """Frame-by-frame median of notes of different lengths ([n_i] dB each), over the notes still sounding
+    at that frame; it ends where fewer than min(min_notes, number of notes) sound. Returns float64 [H]."""
+    lengths = np.sort([r.size for r in relative_db])[::-1]
+    H = int(lengths[min(min_notes, lengths.size) - 1])
+    table = np.full((len(relative_db), H), np.nan)
+    for i, r in enumerate(relative_db):
+        table[i, :min(H, r.size)] = r[:H]
+    return np.nanmedian(table, axis=0)
+
+
+def tail_slope_db_per_s(curve: np.ndarray, tail_frames: int = PLUCK_TAIL_FRAMES) -> float:
+    """Least-squares slope of a curve's last `tail_frames` frames, dB/s, never above 0 (a plucked note
+    does not swell); the fixed transfer.PLUCK_DECAY_DB_PER_S decay when the curve has one frame."""
+    tail = np.asarray(curve, np.float64)[-tail_frames:]
+    if tail.size < 2:
+        return -transfer.PLUCK_DECAY_DB_PER_S
+    return min(0.0, float(np.polyfit(np.arange(tail.size), tail, 1)[0]) * FRAME_RATE)
+
+
+def pluck_envelope_statistic(files: list, n_bands: int = PLUCK_BANDS, notes_per_band: int = PLUCK_NOTES_PER_BAND,
+                             min_notes: int = PLUCK_MIN_NOTES, attack_frames: int = transfer.PLUCK_ATTACK_FRAMES
+                             ) -> dict | None:
+    """What a training note's loudness does after its onset, by pitch band (transfer.py's pluck envelope).
+
+    Notes are found with the functions transfer.py applies to a voice (`note_envelopes`), so the statistic
+    and its use agree. Notes are split into k = clip(n_notes // notes_per_band, 1, n_bands) pitch bands of
+    equal note counts (edges: the note-pitch quantiles i/k; a band left empty by many notes of one pitch
+    is merged into its neighbour); per band, the curve is the frame-by-frame median of the notes' loudness
+    relative to their onset level (`median_curve`: attack and decay, over the notes still sounding), and
+    its tail slope (`tail_slope_db_per_s`) continues it for longer notes.
+
+    Args:
+        files: feature dicts (as from `load_feature_file`) or paths to .pt files.
+    Returns:
+        None when no file holds a note, else dict(attack_frames int (the onset rule, transfer.note_onset),
+        band_edges_midi: k-1 floats ascending (a note of pitch m is in band transfer.pluck_band(edges, m)),
+        curves_db: k lists of floats, dB relative to the onset level, one per frame (250/s) from the
+        note's first frame, tail_db_per_s: k floats <= 0, notes: k ints (notes per band)).
+    """
+    feats = [f if isinstance(f, dict) else load_feature_file(f) for f in files]
+    notes = [n for f in feats for n in note_envelopes(f["f0_hz"].numpy(), f["periodicity"].numpy(),
+                                                      f["loudness_db"].numpy(), attack_frames)]
+    if not notes:
+        warnings.warn("no notes found in the training files; transfer.py will use its fixed pluck decay")
+        return None
+    midi = np.array([m for m, _ in notes])
+    k = int(np.clip(len(notes) // notes_per_band, 1, n_bands))
+    edges = sorted({float(e) for e in np.quantile(midi, np.arange(1, k) / k)})
+    while True:  # many notes of one pitch can leave a band empty: merge it into its neighbour
+        bands = np.array([transfer.pluck_band(edges, m) for m in midi])
+        empty = np.flatnonzero(np.bincount(bands, minlength=len(edges) + 1) == 0)
+        if empty.size == 0:
+            break
+        del edges[max(int(empty[0]) - 1, 0)]
+    curves, tails, counts = [], [], []
+    for b in range(len(edges) + 1):
+        curve = median_curve([r for (_, r), i in zip(notes, bands) if i == b], min_notes)
+        curves.append([float(v) for v in curve])
+        tails.append(tail_slope_db_per_s(curve))
+        counts.append(int(np.sum(bands == b)))
+    return {"attack_frames": int(attack_frames), "band_edges_midi": edges, "curves_db": curves,
+            "tail_db_per_s": tails, "notes": counts}
+
+
+INPUT_SCALING_KEYS = ("loudness_mean", "loudness_std")  # statistics the trained weights depend on
+
+
+def refresh_checkpoint_statistics(checkpoint, data_dir, val_fraction: float = 0.1, output=None) -> list[str]:
+    """Recompute the training-set statistics in a checkpoint's config from its data folder, without
+    retraining (the weights and every other entry stay as they are); e.g. to add a statistic that was
+    introduced after the model was trained (such as `pluck_envelope`).
+
+    The training split is rebuilt exactly as train.py builds it (`NeuralGuitarDataset(data_dir, split=
+    "train", val_fraction=val_fraction).stats`). Its input-scaling statistics (INPUT_SCALING_KEYS) must
+    equal the checkpoint's (to 1e-6 relative): otherwise this is not the data (or --val_fraction) the model
+    was trained on, and UserError is raised with nothing written. Then every statistic is replaced and the
+    checkpoint is written atomically to `output` (default: over `checkpoint`).
+    Returns the names of the statistics whose stored value changed (added ones included).
+    """
+    checkpoint = Path(checkpoint)
+    try:
+        ckpt = torch_load(checkpoint)
+    except FileNotFoundError:
+        raise UserError(f"{checkpoint}: checkpoint not found; pass an existing .pth file") from None
+    except Exception as e:
+        raise UserError(f"{checkpoint}: not a loadable checkpoint ({type(e).__name__})") from None
+    if not isinstance(ckpt, dict) or not isinstance(ckpt.get("config"), dict):
+        raise UserError(f"{checkpoint}: not a Neural Guitar checkpoint (no 'config')")
+    config = ckpt["config"]
+    stats = NeuralGuitarDataset(data_dir, split="train", val_fraction=val_fraction).stats
+    for key in INPUT_SCALING_KEYS:
+        old = config.get(key)
+        if old is None or abs(float(old) - stats[key]) > 1e-6 * max(1.0, abs(stats[key])):
+            raise UserError(f"{checkpoint}: its {key} is {old} but the training split of {data_dir} (val_fraction "
+                            f"{val_fraction}) gives {stats[key]:.6g}: not the data this model was trained on; "
+                            f"pass the --data_dir and --val_fraction it was trained with")
+    changed = [k for k, v in stats.items() if config.get(k) != v]
+    ckpt["config"] = {**config, **stats}
+    atomic_torch_save(ckpt, checkpoint if output is None else output)
+    return changed
 
 
 # ---- dataset -------------------------------------------------------------------------------------

@@ -25,7 +25,9 @@ Pairs (--pairs DIR_A DIR_B, or --pairs --input_dir A --target_dir B): files with
 folders are (input, target), e.g. a sung melody and a guitar rendering of it. The input goes through the
 transfer pipeline (transfer.transfer_audio with its default auto-adjust, then transfer.finalize_audio); input,
 output and target are each peak-normalised to -1 dBFS (the transfer's output rule) and cut to the shorter
-length, and the MSS distance output->target is reported next to input->target.
+length, and the MSS distance output->target is reported next to input->target. The transfer flags apply;
+with the default `--envelope pluck` the checkpoint's learned plucked-note curve is used when its config has
+one (`envelope` in the JSON rows says which). Resynthesis renders the file's own features, no adjust.
 
 Output: a table on stdout (per file, then the mean) and, with --json PATH, all numbers as JSON.
 """
@@ -211,7 +213,7 @@ def evaluate_pairs(model, pairs, args, device) -> dict:
         d_out, d_in = mss_distance(out, t_n, loss_fn), mss_distance(x_n, t_n, loss_fn)
         rows.append({"name": name, "input": str(src), "target": str(tgt), "mss_output_target": d_out,
                      "mss_input_target": d_in, "reduction_pct": _reduction(d_out, d_in),
-                     "octave": res["info"]["octave"]})
+                     "octave": res["info"]["octave"], "envelope": res["info"]["envelope"]})
     if not rows:
         raise UserError("no usable pair (see the lines above)")
     mean = {k: _mean(rows, k) for k in ("mss_output_target", "mss_input_target")}

@@ -41,6 +41,7 @@ DEFAULT_CONFIG = {
     "loudness_std": 20.0,        # dB
     "loudness_quantiles": None,  # 101 values, dB, of non-silent frames
     "mean_midi": 60.0,           # mean MIDI pitch of voiced frames
+    "pluck_envelope": None,      # note loudness after onset by pitch band (data.pluck_envelope_statistic)
 }
 
 ARCHITECTURE_KEYS = ("sample_rate", "hop", "n_harmonics", "n_noise_bands", "decoder", "hidden_size",

@@ -3,6 +3,9 @@
     python train.py --data_dir data/processed/guitarset            # train (or resume: same command)
     python train.py --data_dir data/processed/guitarset --fresh    # start over (old checkpoints kept aside)
     torchrun --standalone --nproc_per_node 2 train.py --data_dir ...   # several GPUs (DDP)
+    python train.py --data_dir data/processed/guitarset --update_stats checkpoints/best.pth
+        # no training: recompute the training-set statistics in that checkpoint's config (e.g. add one
+        # introduced after it was trained); see data.refresh_checkpoint_statistics
 
 What it does, in order: read the crops (data.py), build the model (model.py) with the training set's
 loudness/pitch statistics in its config, then Adam on the multi-resolution STFT loss (loss.py) between
@@ -62,14 +65,14 @@ from torch.utils.data import DataLoader, DistributedSampler
 from tqdm import tqdm
 
 import model as models
-from data import NeuralGuitarDataset
+from data import NeuralGuitarDataset, refresh_checkpoint_statistics
 from features import HOP, SAMPLE_RATE
 from loss import MultiResolutionSTFTLoss
 from utils import (HelpFormatter, UserError, add_device_arguments, apply_threads, atomic_path, pick_device,
                    run_main, torch_load)
 
 CHECKPOINT_VERSION = 1
-STATS_KEYS = ("loudness_mean", "loudness_std", "loudness_quantiles", "mean_midi")
+STATS_KEYS = ("loudness_mean", "loudness_std", "loudness_quantiles", "mean_midi", "pluck_envelope")
 # model config keys exposed as flags: everything in model.DEFAULT_CONFIG except what the data fixes
 MODEL_FLAG_KEYS = tuple(k for k in models.DEFAULT_CONFIG
                         if k not in ("version", "sample_rate", "hop") + STATS_KEYS)
@@ -104,6 +107,11 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--crop_seconds", type=float, default=4.0, help="training crop length")
     g.add_argument("--val_fraction", type=float, default=0.1, help="share of files held out for validation (split by file-name hash)")
     g.add_argument("--num_workers", type=int, default=2, help="DataLoader worker processes (0 = load in the main process)")
+    g.add_argument("--update_stats", metavar="CHECKPOINT", default=None,
+                   help="do not train: recompute the training-set statistics in CHECKPOINT's config from "
+                        "--data_dir's training split (--val_fraction), e.g. to add pluck_envelope to a model "
+                        "trained before it existed; weights untouched, written atomically "
+                        "(data.refresh_checkpoint_statistics)")
 
     g = p.add_argument_group("model (stored in the checkpoint; must match it to resume)")
     for key in MODEL_FLAG_KEYS:
@@ -391,6 +399,11 @@ def spectrogram_figure(original: np.ndarray, reconstruction: np.ndarray):
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
     apply_threads(args.threads)
+    if args.update_stats:
+        changed = refresh_checkpoint_statistics(args.update_stats, args.data_dir, args.val_fraction)
+        print(f"{args.update_stats}: training-set statistics recomputed from {args.data_dir}; "
+              f"{'updated ' + ', '.join(changed) if changed else 'nothing changed'}")
+        return 0
     dist_info = init_distributed(args.device)
     previous_deterministic = torch.are_deterministic_algorithms_enabled()
     try:
@@ -714,7 +727,7 @@ def start_wandb(args, run_id: str, ckpt_dir: Path, config: dict, say):
 
     ckpt_dir.mkdir(parents=True, exist_ok=True)
     run_config = {**{k: v for k, v in vars(args).items() if k not in ("debug_nan_steps",)},
-                  **{f"model/{k}": v for k, v in config.items() if k != "loudness_quantiles"}}
+                  **{f"model/{k}": v for k, v in config.items() if k not in ("loudness_quantiles", "pluck_envelope")}}
 
     def init(m):
         return wandb.init(project=args.wandb_project, id=run_id, resume="allow", name=args.run_name,

@@ -26,11 +26,19 @@ Pipeline, per input:
       set's softest note loudness (floored at -80 dB), with 20 ms ramps at note edges, so they render
       as silence rather than guitar noise;
     * envelope (--envelope pluck, the default): each note (a run of note frames, split where the
-      pitch moves to a new semitone and stays there 32 ms) starts at its level over its first 52 ms and
-      decays by --pluck_decay dB/s (20) until it ends, as a plucked string does; a hummed note swells
-      and sustains, which rendered as-is sounds bowed. --envelope voice keeps the voice's envelope.
-      On held-out voice->guitar pairs (README) pluck brought the output 21 % closer to the real guitar
-      than the voice envelope's 11 %;
+      pitch moves to a new semitone and stays there 32 ms) becomes a plucked note: it starts at its
+      onset level (its maximum over its first 52 ms) and then follows the training set's plucked-note
+      curve for its pitch band (config `pluck_envelope`, data.pluck_envelope_statistic: the median
+      guitar note's loudness relative to its onset level, frame by frame since the onset, attack
+      included), and from the sung onset peak on it never exceeds the sung loudness, so the guitar note
+      stops or fades when the singer does (the voice marks the note-off; the guitar curve how a held
+      note dies away). A checkpoint without the statistic (made before it existed; add it with
+      `train.py --update_stats`) uses a straight decay of 20 dB/s instead, and so does an explicit
+      --pluck_decay DB (that many dB/s); the cap applies either way. A hummed note swells and
+      sustains, which rendered as-is sounds bowed; --envelope voice keeps the voice's envelope.
+      On the held-out voice->guitar pairs (README) the output comes 26.0 % closer to the real guitar
+      than the voice input (24.9 % with --pluck_decay 20; 21.5 % with the former fixed 20 dB/s decay
+      without the cap; 10.1 % with --envelope voice);
     * --loudness_db adds an offset to every frame at the end. --no_adjust turns off everything
       automatic (note gating, auto octave, quantile matching); explicit --octave N, --semitones and
       --loudness_db still apply.
@@ -67,8 +75,8 @@ MAX_GAP_FRAMES = 5            # note gaps up to 20 ms are closed
 MIN_NOTE_FRAMES = 12          # notes shorter than 48 ms are dropped
 EDGE_RAMP_FRAMES = 5          # 20 ms ramps between note and non-note loudness
 
-PLUCK_DECAY_DB_PER_S = 20.0  # plucked note decay; on held-out FluidR3 pairs 20 beat 10, 30 and 45 dB/s
-PLUCK_ATTACK_FRAMES = 13     # a note's level is its maximum over its first 52 ms
+PLUCK_DECAY_DB_PER_S = 20.0  # fixed decay without a learned curve; on held-out FluidR3 pairs 20 beat 10, 30, 45 dB/s
+PLUCK_ATTACK_FRAMES = 13     # a note's onset level is its maximum over its first 52 ms
 MIN_NOTE_CHANGE_FRAMES = 8   # a pitch change must hold 32 ms to start a new note
 ABS_FLOOR_DB = features.SILENCE_DB   # -70 dB: below this a frame is never a note
 N_QUANTILES = 101
@@ -198,20 +206,71 @@ def note_segments(note: np.ndarray, f0_hz: np.ndarray, min_frames: int = MIN_NOT
     return segments
 
 
-def pluck_envelope(loudness_db: np.ndarray, note: np.ndarray, f0_hz: np.ndarray,
+def note_onset(loudness_db: np.ndarray, attack_frames: int = PLUCK_ATTACK_FRAMES) -> tuple[int, float]:
+    """A note's onset: (frame, level) of the maximum of its loudness over its first `attack_frames` frames.
+
+    loudness_db: [n] dB, the frames of one note (n >= 1). Returns (index 0..attack_frames-1, dB).
+    Used for sung notes (transfer) and for the training set's guitar notes (data.py) alike.
+    """
+    head = np.asarray(loudness_db, np.float64)[:max(1, int(attack_frames))]
+    k = int(np.argmax(head))
+    return k, float(head[k])
+
+
+def note_midi(f0_hz: np.ndarray) -> float:
+    """A note's pitch: the median MIDI number of its frames' f0 ([n] Hz, floored at 1 Hz)."""
+    return float(np.median(features.hz_to_midi(np.maximum(np.asarray(f0_hz, np.float64), 1.0))))
+
+
+def pluck_band(band_edges_midi, midi: float) -> int:
+    """Pitch band of a note: the number of band edges (MIDI, ascending) at or below `midi`, 0..len(edges)."""
+    return int(np.searchsorted(np.asarray(band_edges_midi, np.float64), midi, side="right"))
+
+
+def pluck_curve(n_frames: int, midi: float, learned: dict | None = None,
+                decay_db_per_s: float = PLUCK_DECAY_DB_PER_S) -> np.ndarray:
+    """A plucked note's loudness relative to its onset level, dB [n_frames], frames 0..n-1 after its onset.
+
+    learned: a config's `pluck_envelope` (data.pluck_envelope_statistic): the curve of the pitch band that
+    holds `midi` (`curves_db[band]`, frame t since the onset), continued past its last frame by a straight
+    line of the band's `tail_db_per_s`. None: a straight decay of `decay_db_per_s` dB/s from 0 dB.
+    """
+    t = np.arange(int(n_frames), dtype=np.float64)
+    if learned is None:
+        return -float(decay_db_per_s) * t / features.FRAME_RATE
+    band = pluck_band(learned["band_edges_midi"], midi)
+    curve = np.asarray(learned["curves_db"][band], np.float64)
+    tail = float(learned["tail_db_per_s"][band]) / features.FRAME_RATE
+    last = curve.size - 1
+    return np.where(t <= last, curve[np.minimum(t, last).astype(np.int64)], curve[last] + tail * (t - last))
+
+
+def pluck_envelope(loudness_db: np.ndarray, note: np.ndarray, f0_hz: np.ndarray, learned: dict | None = None,
                    decay_db_per_s: float = PLUCK_DECAY_DB_PER_S,
                    attack_frames: int = PLUCK_ATTACK_FRAMES) -> np.ndarray:
-    """Replace each sung note's loudness by a plucked string's: the note's level over its first
-    `attack_frames` frames (its maximum there), then a straight decay of `decay_db_per_s` dB per second
-    until the note ends. Non-note frames are returned unchanged. [F] dB -> [F] dB (float64).
+    """Replace each sung note's loudness by a plucked string's. [F] dB -> [F] dB (float64).
+
+    Per note (`note_segments`): onset (k, level) = `note_onset` of the sung loudness; the note becomes
+    level + `pluck_curve` (the learned curve of its pitch band, or a straight `decay_db_per_s` decay when
+    `learned` is None), and from frame k on it is capped at the sung loudness, so the guitar note ends or
+    fades when the singer does. `learned` brings its own `attack_frames` (the statistic's onset rule).
+    Non-note frames are returned unchanged. f0_hz: [F] Hz (picks each note's pitch band).
 
     Why: a hummed note swells and sustains, a plucked guitar note starts at its loudest and decays;
-    rendering the voice's own envelope sounds like a bowed guitar.
+    rendering the voice's own envelope sounds like a bowed guitar. The cap: a sung note's end (the
+    singer stops or fades) is where the played note was released; without it the curve of a held note
+    rings on through the voice's release (measured variants: README, Design notes, "Pluck envelope").
     """
-    out = np.asarray(loudness_db, np.float64).copy()
-    for a, b in note_segments(note, f0_hz):
-        peak = out[a:min(a + attack_frames, b)].max()
-        out[a:b] = peak - decay_db_per_s * np.arange(b - a) / features.FRAME_RATE
+    x = np.asarray(loudness_db, np.float64)
+    f0 = np.asarray(f0_hz, np.float64)
+    out = x.copy()
+    if learned is not None:
+        attack_frames = int(learned["attack_frames"])
+    for a, b in note_segments(note, f0):
+        k, level = note_onset(x[a:b], attack_frames)
+        y = level + pluck_curve(b - a, note_midi(f0[a:b]), learned, decay_db_per_s)
+        y[k:] = np.minimum(y[k:], x[a + k:b])
+        out[a:b] = y
     return out
 
 
@@ -227,7 +286,7 @@ class AdjustSettings:
     quiet_db: float = 30.0
     max_slope: float | None = 2.0
     envelope: str = "pluck"
-    pluck_decay_db_per_s: float = PLUCK_DECAY_DB_PER_S
+    pluck_decay_db_per_s: float | None = None   # None: the config's learned curve, else PLUCK_DECAY_DB_PER_S
 
 
 def adjust_features(f0_hz: np.ndarray, loudness_db: np.ndarray, periodicity: np.ndarray, config: dict,
@@ -237,10 +296,11 @@ def adjust_features(f0_hz: np.ndarray, loudness_db: np.ndarray, periodicity: np.
     Args:
         f0_hz, loudness_db, periodicity: [F] input features (Hz, dB, 0..1).
         config: model config with mean_midi, loudness_quantiles (101 dB values or None),
-            loudness_mean/std (used when quantiles are missing).
+            loudness_mean/std (used when quantiles are missing), pluck_envelope (or None: fixed decay).
     Returns:
         (f0_hz [F] float32 Hz, loudness_db [F] float32 dB, info dict: note_mask bool [F],
-        octave int, semitones float (total shift), input_mean_midi, note_fraction, method str).
+        octave int, semitones float (total shift), input_mean_midi, note_fraction, method str,
+        envelope str (e.g. "pluck, learned (6 pitch bands)", "pluck, 20 dB/s", "voice", "none")).
     Raises:
         UserError (without a file name; the caller adds it) when no note frames are found.
     """
@@ -261,7 +321,8 @@ def adjust_features(f0_hz: np.ndarray, loudness_db: np.ndarray, periodicity: np.
     shift = 12.0 * octave + float(settings.semitones)
     f0_out = f0 * 2.0 ** (shift / 12.0)
     info = {"note_mask": note, "octave": octave, "semitones": shift, "input_mean_midi": in_midi,
-            "note_fraction": float(note.mean()), "method": "none"}
+            "note_fraction": float(note.mean()), "method": "none",
+            "envelope": settings.envelope if settings.auto else "none"}
     if not settings.auto:
         loud_out = loud + settings.loudness_db
     else:
@@ -284,7 +345,12 @@ def adjust_features(f0_hz: np.ndarray, loudness_db: np.ndarray, periodicity: np.
         weight = note_weight(note)
         loud_out = weight * mapped + (1.0 - weight) * quiet + settings.loudness_db
         if settings.envelope == "pluck":
-            loud_out = pluck_envelope(loud_out, note, f0_out, settings.pluck_decay_db_per_s)
+            fixed = settings.pluck_decay_db_per_s
+            learned = config.get("pluck_envelope") if fixed is None else None
+            decay = PLUCK_DECAY_DB_PER_S if fixed is None else float(fixed)
+            loud_out = pluck_envelope(loud_out, note, f0_out, learned, decay)
+            info["envelope"] = (f"pluck, learned ({len(learned['curves_db'])} pitch bands)" if learned
+                                else f"pluck, {decay:g} dB/s")
         info["input_note_median_db"] = float(np.median(loud[note]))
         info["output_note_median_db"] = float(np.median(loud_out[note]))
     loud_out = np.maximum(loud_out, -features.LOUDNESS_RANGE_DB)
@@ -478,10 +544,13 @@ def add_adjust_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--quiet_db", type=float, default=30.0,
                    help="non-note frames are rendered this far below the training set's softest notes")
     p.add_argument("--envelope", choices=("pluck", "voice"), default="pluck",
-                   help="pluck: each sung note becomes a plucked note (its onset level, then a decay of "
-                        "--pluck_decay dB/s); voice: keep the voice's own swell and sustain (sounds bowed)")
-    p.add_argument("--pluck_decay", type=float, default=PLUCK_DECAY_DB_PER_S,
-                   help="decay of a plucked note, dB per second")
+                   help="pluck: each sung note becomes a plucked note (its onset level, then the training "
+                        "set's plucked-note decay curve for its pitch, ending when the sung note ends); "
+                        "voice: keep the voice's own swell and sustain (sounds bowed)")
+    p.add_argument("--pluck_decay", type=float, default=None,
+                   help="a straight decay of this many dB/s instead of the checkpoint's learned curve; "
+                        f"default: the learned curve (config 'pluck_envelope'), or {PLUCK_DECAY_DB_PER_S:g} "
+                        "dB/s for a checkpoint without one")
     p.add_argument("--no_adjust", action="store_true",
                    help="no automatic adjust (note gating, auto octave, loudness matching); --octave N, "
                         "--semitones and --loudness_db still apply")
@@ -595,7 +664,8 @@ def main(argv=None) -> int:
                  f"({info['method']})" if "input_note_median_db" in info else "loudness unchanged")
         tqdm.write(f"{src} -> {dst}: {audio.size / features.SAMPLE_RATE:.1f} s, notes {100 * info['note_fraction']:.0f}% "
                    f"of frames, mean pitch {features.midi_to_note_name(info['input_mean_midi'])}, shift "
-                   f"{info['semitones']:+g} semitones (octave {info['octave']:+d}), {level}")
+                   f"{info['semitones']:+g} semitones (octave {info['octave']:+d}), {level}, "
+                   f"envelope {info['envelope']}")
     wall = time.perf_counter() - t0 - plot_s  # loading, features, adjust, render, resample, write
     if total_s > 0:
         print(f"real-time factor: {wall / total_s:.3f} ({total_s:.1f} s of audio in {wall:.1f} s, "

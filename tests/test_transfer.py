@@ -214,11 +214,14 @@ def test_pluck_envelope_starts_at_the_onset_level_and_decays():
     F = 500
     note = np.zeros(F, bool)
     note[100:350] = True
-    loud = np.where(note, -20.0, -70.0)
-    loud[100:110] = np.linspace(-40, -10, 10)                # the sung attack peaks at -10 dB
-    out = transfer.pluck_envelope(loud, note, np.full(F, 200.0), decay_db_per_s=20.0)
+    loud = np.where(note, -10.0, -70.0)
+    loud[100:110] = np.linspace(-40, -10, 10)                # the sung attack reaches -10 dB and holds
+    loud[300:350] = np.linspace(-10, -60, 50)                # then the singer fades out
+    out = transfer.pluck_envelope(loud, note, np.full(F, 200.0), decay_db_per_s=20.0)  # no learned curve
     t = np.arange(250) / 250.0
-    np.testing.assert_allclose(out[100:350], -10.0 - 20.0 * t)   # 1 s later: 20 dB down
+    np.testing.assert_allclose(out[100:300], -10.0 - 20.0 * t[:200])   # 1 s later: 20 dB down
+    np.testing.assert_allclose(out[300:350], np.minimum(-10.0 - 20.0 * t[200:], loud[300:350]))  # fades with the voice
+    assert out[349] == -60.0
     np.testing.assert_array_equal(out[~note], loud[~note])        # outside notes: untouched
 
 

@@ -49,7 +49,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-import transfer
+import notes
 from features import FEATURE_VERSION, FRAME_RATE, HOP, LOUDNESS_RANGE_DB, SAMPLE_RATE, SILENCE_DB, hz_to_midi, n_frames
 from utils import UserError, atomic_torch_save, torch_load
 
@@ -189,16 +189,16 @@ def dataset_statistics(files: list, silence_db: float = SILENCE_DB) -> dict:
 
 
 def note_envelopes(f0_hz: np.ndarray, periodicity: np.ndarray, loudness_db: np.ndarray,
-                   attack_frames: int = transfer.PLUCK_ATTACK_FRAMES) -> list[tuple[float, np.ndarray]]:
-    """The notes of one file, found as transfer.py finds sung notes (transfer.detect_notes with its
-    defaults, transfer.note_segments), each as (pitch: transfer.note_midi, MIDI; loudness relative to its
-    onset level (transfer.note_onset): float64 [n] dB, frame t after the note's first frame).
+                   attack_frames: int = notes.PLUCK_ATTACK_FRAMES) -> list[tuple[float, np.ndarray]]:
+    """The notes of one file, found as transfer.py finds sung notes (notes.detect_notes with its
+    defaults, notes.note_segments), each as (pitch: notes.note_midi, MIDI; loudness relative to its
+    onset level (notes.note_onset): float64 [n] dB, frame t after the note's first frame).
     f0_hz, periodicity, loudness_db: [F] (Hz, 0..1, dB)."""
     loud = np.asarray(loudness_db, np.float64)
     f0 = np.asarray(f0_hz, np.float64)
-    note = transfer.detect_notes(periodicity, loud)
-    return [(transfer.note_midi(f0[a:b]), loud[a:b] - transfer.note_onset(loud[a:b], attack_frames)[1])
-            for a, b in transfer.note_segments(note, f0)]
+    note = notes.detect_notes(periodicity, loud)
+    return [(notes.note_midi(f0[a:b]), loud[a:b] - notes.note_onset(loud[a:b], attack_frames)[1])
+            for a, b in notes.note_segments(note, f0)]
 
 
 def median_curve(relative_db: list, min_notes: int = PLUCK_MIN_NOTES) -> np.ndarray:
@@ -214,15 +214,15 @@ def median_curve(relative_db: list, min_notes: int = PLUCK_MIN_NOTES) -> np.ndar
 
 def tail_slope_db_per_s(curve: np.ndarray, tail_frames: int = PLUCK_TAIL_FRAMES) -> float:
     """Least-squares slope of a curve's last `tail_frames` frames, dB/s, never above 0 (a plucked note
-    does not swell); the fixed transfer.PLUCK_DECAY_DB_PER_S decay when the curve has one frame."""
+    does not swell); the fixed notes.PLUCK_DECAY_DB_PER_S decay when the curve has one frame."""
     tail = np.asarray(curve, np.float64)[-tail_frames:]
     if tail.size < 2:
-        return -transfer.PLUCK_DECAY_DB_PER_S
+        return -notes.PLUCK_DECAY_DB_PER_S
     return min(0.0, float(np.polyfit(np.arange(tail.size), tail, 1)[0]) * FRAME_RATE)
 
 
 def pluck_envelope_statistic(files: list, n_bands: int = PLUCK_BANDS, notes_per_band: int = PLUCK_NOTES_PER_BAND,
-                             min_notes: int = PLUCK_MIN_NOTES, attack_frames: int = transfer.PLUCK_ATTACK_FRAMES
+                             min_notes: int = PLUCK_MIN_NOTES, attack_frames: int = notes.PLUCK_ATTACK_FRAMES
                              ) -> dict | None:
     """What a training note's loudness does after its onset, by pitch band (transfer.py's pluck envelope).
 
@@ -236,29 +236,29 @@ def pluck_envelope_statistic(files: list, n_bands: int = PLUCK_BANDS, notes_per_
     Args:
         files: feature dicts (as from `load_feature_file`) or paths to .pt files.
     Returns:
-        None when no file holds a note, else dict(attack_frames int (the onset rule, transfer.note_onset),
-        band_edges_midi: k-1 floats ascending (a note of pitch m is in band transfer.pluck_band(edges, m)),
+        None when no file holds a note, else dict(attack_frames int (the onset rule, notes.note_onset),
+        band_edges_midi: k-1 floats ascending (a note of pitch m is in band notes.pluck_band(edges, m)),
         curves_db: k lists of floats, dB relative to the onset level, one per frame (250/s) from the
         note's first frame, tail_db_per_s: k floats <= 0, notes: k ints (notes per band)).
     """
     feats = [f if isinstance(f, dict) else load_feature_file(f) for f in files]
-    notes = [n for f in feats for n in note_envelopes(f["f0_hz"].numpy(), f["periodicity"].numpy(),
+    found = [n for f in feats for n in note_envelopes(f["f0_hz"].numpy(), f["periodicity"].numpy(),
                                                       f["loudness_db"].numpy(), attack_frames)]
-    if not notes:
+    if not found:
         warnings.warn("no notes found in the training files; transfer.py will use its fixed pluck decay")
         return None
-    midi = np.array([m for m, _ in notes])
-    k = int(np.clip(len(notes) // notes_per_band, 1, n_bands))
+    midi = np.array([m for m, _ in found])
+    k = int(np.clip(len(found) // notes_per_band, 1, n_bands))
     edges = sorted({float(e) for e in np.quantile(midi, np.arange(1, k) / k)})
     while True:  # many notes of one pitch can leave a band empty: merge it into its neighbour
-        bands = np.array([transfer.pluck_band(edges, m) for m in midi])
+        bands = np.array([notes.pluck_band(edges, m) for m in midi])
         empty = np.flatnonzero(np.bincount(bands, minlength=len(edges) + 1) == 0)
         if empty.size == 0:
             break
         del edges[max(int(empty[0]) - 1, 0)]
     curves, tails, counts = [], [], []
     for b in range(len(edges) + 1):
-        curve = median_curve([r for (_, r), i in zip(notes, bands) if i == b], min_notes)
+        curve = median_curve([r for (_, r), i in zip(found, bands) if i == b], min_notes)
         curves.append([float(v) for v in curve])
         tails.append(tail_slope_db_per_s(curve))
         counts.append(int(np.sum(bands == b)))

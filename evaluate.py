@@ -8,7 +8,7 @@ Resynthesis (--audio_dir): every audio file is re-rendered by the model from its
 here for speed, `--crepe full` for reportable numbers), with no auto-adjust. Against the input it reports
   mss            loss.MultiResolutionSTFTLoss (DDSP spectral loss, summed over 6 FFT sizes); lower is better
   f0_cents       median |cents| between CREPE on the output and the input f0, over frames that are notes in
-                 the input (transfer.detect_notes) and have periodicity >= 0.5 in the output
+                 the input (notes.detect_notes) and have periodicity >= 0.5 in the output
   rpa            mir_eval.melody.raw_pitch_accuracy at 50 cents: share of the input's note frames whose output
                  pitch (CREPE) is within 50 cents
   loud_l1_db     mean |loudness(output) - loudness(input)| in dB (features.compute_loudness) over note frames
@@ -44,6 +44,7 @@ import torch
 from tqdm import tqdm
 
 import features
+import notes
 import transfer
 from utils import HelpFormatter, UserError, add_device_arguments, apply_threads, atomic_path, pick_device, run_main
 
@@ -168,7 +169,7 @@ def evaluate_resynthesis(model, files: list[Path], root: Path, args, device) -> 
             continue
         feats = transfer.extract_features_bounded(audio, args.crepe, device, progress=False, loudness_db=loud)
         f0, loud, per = (feats[k].numpy() for k in ("f0_hz", "loudness_db", "periodicity"))
-        note = transfer.detect_notes(per, loud)
+        note = notes.detect_notes(per, loud)
         out = transfer.render(model, f0, loud, args.chunk_frames, args.seed, progress=False)[: audio.size]
         base = sine_baseline(f0, loud)[: audio.size]
         m = resynthesis_metrics(audio, out, f0, loud, note, args.crepe, device, loss_fn)

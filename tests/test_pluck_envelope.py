@@ -16,6 +16,7 @@ import torch
 
 import data
 import features
+import notes
 import transfer
 from conftest import run_cli
 from test_data import write_features
@@ -69,7 +70,7 @@ def plucked_set():
 
 def test_statistic_recovers_known_attack_and_decay_per_pitch_band(plucked_set):
     stat = data.pluck_envelope_statistic(plucked_set)
-    assert stat["attack_frames"] == transfer.PLUCK_ATTACK_FRAMES
+    assert stat["attack_frames"] == notes.PLUCK_ATTACK_FRAMES
     assert stat["notes"] == [60, 60]                    # 120 notes, 50 per band at least: two bands
     assert len(stat["band_edges_midi"]) == 1 and LOW < stat["band_edges_midi"][0] < HIGH
     for band, midi in enumerate((LOW, HIGH)):
@@ -78,7 +79,7 @@ def test_statistic_recovers_known_attack_and_decay_per_pitch_band(plucked_set):
         np.testing.assert_allclose(curve, expected_curve(RATES[midi], curve.size), atol=0.3)
         assert stat["tail_db_per_s"][band] == pytest.approx(-RATES[midi], abs=1.0)
         # the transfer side: the band of that pitch, continued past the curve at the learned decay
-        long = transfer.pluck_curve(curve.size + FR, midi, stat)
+        long = notes.pluck_curve(curve.size + FR, midi, stat)
         np.testing.assert_allclose(long, expected_curve(RATES[midi], long.size), atol=1.0)
     # dataset_statistics carries it into the model config, as plain Python numbers
     assert data.dataset_statistics(plucked_set)["pluck_envelope"] == stat
@@ -89,7 +90,7 @@ def test_statistic_without_notes_is_none_and_transfer_falls_back():
               "loudness_db": torch.full((500,), -30.0)}
     with pytest.warns(UserWarning, match="no notes"):
         assert data.pluck_envelope_statistic([silent]) is None
-    np.testing.assert_allclose(transfer.pluck_curve(250, 60.0, None, decay_db_per_s=20.0),
+    np.testing.assert_allclose(notes.pluck_curve(250, 60.0, None, decay_db_per_s=20.0),
                                -20.0 * np.arange(250) / FR)
 
 
@@ -113,8 +114,8 @@ def test_transfer_of_a_sustained_hum_follows_the_stored_curve_and_stops_with_it(
         _, sung, _ = transfer.adjust_features(f0, loud, per, cfg, transfer.AdjustSettings(octave=0, envelope="voice"))
         assert info["envelope"] == "pluck, learned (2 pitch bands)"
         assert info["note_mask"][a] and info["note_mask"][fade - 1]
-        onset = sung[a:a + transfer.PLUCK_ATTACK_FRAMES].max()      # the sung onset level (steady hum)
-        want = onset + transfer.pluck_curve(fade - a, midi, stat)
+        onset = sung[a:a + notes.PLUCK_ATTACK_FRAMES].max()      # the sung onset level (steady hum)
+        want = onset + notes.pluck_curve(fade - a, midi, stat)
         assert want.min() > -features.LOUDNESS_RANGE_DB + 1          # not clipped at the -80 dB floor
         np.testing.assert_allclose(out[a:fade], want, atol=1e-4)    # the band's curve from the onset
         band_rate = RATES[LOW if midi < stat["band_edges_midi"][0] else HIGH]
@@ -124,8 +125,8 @@ def test_transfer_of_a_sustained_hum_follows_the_stored_curve_and_stops_with_it(
     # the singer stops (a fast fade) while the curve still rings: the note stops with the voice
     f0, loud, per, (a, fade) = hum(midi_hz(LOW), seconds=0.6, level_db=-10.0)
     note = loud > -70
-    out = transfer.pluck_envelope(loud, note, f0, stat)
-    ring = -10.0 + transfer.pluck_curve(note.sum(), LOW, stat)      # the curve alone, from the onset
+    out = notes.pluck_envelope(loud, note, f0, stat)
+    ring = -10.0 + notes.pluck_curve(note.sum(), LOW, stat)      # the curve alone, from the onset
     k = 4                                                           # the hum peaks at the end of its 5-frame swell
     np.testing.assert_allclose(out[note][k:], np.minimum(ring[k:], loud[note][k:]))
     assert out[fade + 40] == loud[fade + 40] < ring[fade + 40 - a] - 20

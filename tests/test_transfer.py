@@ -19,6 +19,7 @@ import soundfile as sf
 import torch
 
 import features
+import notes
 import transfer
 from conftest import run_cli
 from utils import atomic_torch_save
@@ -207,7 +208,7 @@ def test_note_segments_split_on_held_pitch_changes_only():
     f0[80:150] = 220.0 * 2 ** (2 / 12)                       # a legato step up a whole tone at frame 80
     f0[40:44] = 220.0 * 2 ** (1 / 12)                        # a 16 ms flick: not a new note
     f0[200:260] = 220.0 * 2 ** (0.3 * np.sin(np.arange(60)) / 12)  # vibrato within a semitone
-    assert transfer.note_segments(note, f0) == [(10, 80), (80, 150), (200, 260)]
+    assert notes.note_segments(note, f0) == [(10, 80), (80, 150), (200, 260)]
 
 
 def test_pluck_envelope_starts_at_the_onset_level_and_decays():
@@ -217,7 +218,7 @@ def test_pluck_envelope_starts_at_the_onset_level_and_decays():
     loud = np.where(note, -10.0, -70.0)
     loud[100:110] = np.linspace(-40, -10, 10)                # the sung attack reaches -10 dB and holds
     loud[300:350] = np.linspace(-10, -60, 50)                # then the singer fades out
-    out = transfer.pluck_envelope(loud, note, np.full(F, 200.0), decay_db_per_s=20.0)  # no learned curve
+    out = notes.pluck_envelope(loud, note, np.full(F, 200.0), decay_db_per_s=20.0)  # no learned curve
     t = np.arange(250) / 250.0
     np.testing.assert_allclose(out[100:300], -10.0 - 20.0 * t[:200])   # 1 s later: 20 dB down
     np.testing.assert_allclose(out[300:350], np.minimum(-10.0 - 20.0 * t[200:], loud[300:350]))  # fades with the voice
@@ -231,9 +232,9 @@ def test_detect_notes_closes_gaps_and_drops_blips():
     per[50:150] = 0.9
     per[100:104] = 0.1       # 16 ms dropout inside a note: closed
     per[300:308] = 0.9       # 32 ms blip: dropped
-    note = transfer.detect_notes(per, np.full(F, -20.0), smooth_frames=1)
+    note = notes.detect_notes(per, np.full(F, -20.0), smooth_frames=1)
     assert note[50:150].all() and not note[:50].any() and not note[150:].any()
-    quiet = transfer.detect_notes(per, np.full(F, -75.0), smooth_frames=1)
+    quiet = notes.detect_notes(per, np.full(F, -75.0), smooth_frames=1)
     assert not quiet.any()   # below the -70 dB floor: never a note
 
 
@@ -257,7 +258,7 @@ def test_output_tracks_the_sung_pitch(ckpt, voice_file, tmp_path, monkeypatch, c
     fin, pin = features.compute_f0(x, "tiny")
     fout, pout = features.compute_f0(y, "tiny")
     cfg = torch.load(ckpt, weights_only=True)["config"]
-    note = transfer.detect_notes(pin, features.compute_loudness(x))
+    note = notes.detect_notes(pin, features.compute_loudness(x))
     octave = transfer.auto_octave_shift(cfg["mean_midi"], transfer.mean_midi(fin, note))
     assert octave == -1   # 220 Hz voice, training mean ~MIDI 46
     voiced = note & (pout >= 0.5)

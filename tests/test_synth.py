@@ -573,3 +573,21 @@ def test_reverb_cached_spectrum_follows_ir_changes():
     rv.load_state_dict({"ir": torch.tensor(rng.normal(0, 0.1, L), dtype=torch.float32)})
     with torch.inference_mode():
         assert np.abs(rv(x).double().numpy() - expected()).max() < 1e-5
+
+
+def test_noise_filter_spectrum_equals_fft_of_the_designed_filter():
+    g = torch.Generator().manual_seed(0)
+    mags = torch.rand(2, 7, 65, generator=g)
+    for n_fft in (192, 256):
+        want = torch.fft.rfft(synth.noise_filter_ir(mags), n_fft)
+        got = synth.noise_filter_spectrum(mags, n_fft)
+        torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("W,hop", [(191, 64), (128, 64), (10, 4), (3, 5)])
+def test_overlap_add_equals_a_plain_loop(W, hop):
+    frames = torch.randn(2, 9, W, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
+    want = torch.zeros(2, 8 * hop + W, dtype=torch.float64)
+    for f in range(9):
+        want[:, f * hop: f * hop + W] += frames[:, f]
+    torch.testing.assert_close(synth.overlap_add(frames, hop), want)

@@ -12,9 +12,10 @@ What is measured (default config: batch 16 x 4 s, 100 harmonics, 65 noise bands,
                     (60) through render_chunked (the reference renders the whole clip in one go).
   preprocess        real-time factor of features.extract_features with CREPE tiny and full on
                     --preprocess_seconds of guitar-like audio without silence (--skip_preprocess).
-  peak memory       peak resident set size (VmHWM) of a fresh subprocess that runs one training step,
-                    and of one that only imports torch and builds the model + inputs (the baseline;
-                    its file-backed part is torch's mapped libraries).
+  peak memory       peak resident set size (VmHWM) of a fresh subprocess that runs three training steps
+                    with the malloc settings train.py uses (utils.MALLOC_TUNABLES), and of one that only
+                    imports torch and builds the model + inputs (the baseline; its file-backed part is
+                    torch's mapped libraries).
   experiments       (--experiments, not by default) decoder fwd+bwd time of candidate speed-ups, with
                     the loss / controls / gradient difference against the fp32 decoder (same weights)
                     and the training-step RSS: bf16 (CPU autocast around the decoder), checkpoint
@@ -84,7 +85,7 @@ import torch.nn.functional as F
 
 import loss as loss_mod
 import model as model_mod
-from utils import HelpFormatter, UserError, cpu_name, pick_device, run_main
+from utils import HelpFormatter, UserError, cpu_name, pick_device, run_main, with_malloc_tunables
 
 TARGETS = {
     "reference_code_step_s": 2.4,      # widely used PyTorch DDSP, batch 16 x 4 s, 2-core CPU
@@ -95,6 +96,7 @@ TARGETS = {
 }
 EXPERIMENTS = ("bf16", "checkpoint", "half_rate", "quarter_rate", "compile")
 CHILD_TAG = "BENCH_CHILD "
+MEMORY_STEPS = 3  # training steps a peak-memory subprocess runs
 
 
 # ==================================================================================================
@@ -570,7 +572,8 @@ def child_main(args) -> int:
     net, opt, loss_fn, f0, loud, target = build(args, device, variant)
     if not what.startswith("baseline"):
         synth_fn = SYNTHS[what.split("+")[0]]
-        train_step(net, opt, loss_fn, f0, loud, target, synth_fn, Clock(device), variant)
+        for _ in range(MEMORY_STEPS):  # a few steps: fragmentation and Adam's state show after the first
+            train_step(net, opt, loss_fn, f0, loud, target, synth_fn, Clock(device), variant)
     rec = {"what": what, "peak_rss_mb": peak_rss_mb(), **rss_parts_mb()}
     if device.type == "cuda":
         rec["cuda_peak_allocated_mb"] = torch.cuda.max_memory_allocated() / 2**20
@@ -583,7 +586,8 @@ def measure_child(args, what: str) -> dict:
            "--batch_size", str(args.batch_size), "--seconds", str(args.seconds),
            "--hidden_size", str(args.hidden_size), "--device", args.device, "--pitch", args.pitch,
            "--seed", str(args.seed), "--threads", str(args.threads)]
-    proc = subprocess.run(cmd, capture_output=True, text=True, cwd=Path(__file__).resolve().parent)
+    proc = subprocess.run(cmd, capture_output=True, text=True, cwd=Path(__file__).resolve().parent,
+                          env=with_malloc_tunables())  # the allocator settings train.py runs with
     for line in proc.stdout.splitlines():
         if line.startswith(CHILD_TAG):
             return json.loads(line[len(CHILD_TAG):])

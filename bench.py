@@ -83,6 +83,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+import features
 import loss as loss_mod
 import model as model_mod
 from utils import HelpFormatter, UserError, cpu_name, pick_device, run_main, with_malloc_tunables
@@ -181,7 +182,7 @@ def make_controls(batch: int, n_frames: int, pitch: str = "guitar", seed: int = 
                 midi[b, f:f + length] = float(torch.randint(40, 84, (1,), generator=g))
                 f += length
     midi = midi + 0.15 * torch.sin(2 * math.pi * 5.5 * t)
-    f0 = 440.0 * 2 ** ((midi - 69.0) / 12.0)
+    f0 = features.midi_to_hz(midi)
     onset = torch.zeros(batch, n_frames)
     onset[:, 1:] = (midi[:, 1:].round() != midi[:, :-1].round()).float()
     onset[:, 0] = 1
@@ -200,7 +201,7 @@ def make_test_audio(seconds: float, sample_rate: int = 16000, seed: int = 0) -> 
     y = 1e-3 * rng.standard_normal(n)
     note = int(0.5 * sample_rate)
     for start in range(0, n, note):
-        f0 = 440.0 * 2 ** ((rng.integers(40, 84) - 69) / 12)
+        f0 = float(features.midi_to_hz(rng.integers(40, 84)))
         t = np.arange(min(note * 2, n - start)) / sample_rate
         tone = sum(np.sin(2 * np.pi * k * f0 * t) / k for k in range(1, 9) if k * f0 < sample_rate / 2)
         y[start:start + len(t)] += 0.3 * np.exp(-4 * t) * tone
@@ -507,8 +508,6 @@ def bench_inference(args, device, clock) -> dict:
 
 def bench_preprocess(args, device) -> dict:
     import torchcrepe
-
-    import features
 
     sr = features.SAMPLE_RATE
     audio = make_test_audio(args.preprocess_seconds, sr, args.seed)

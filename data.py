@@ -189,16 +189,19 @@ def dataset_statistics(files: list, silence_db: float = SILENCE_DB) -> dict:
 
 
 def note_envelopes(f0_hz: np.ndarray, periodicity: np.ndarray, loudness_db: np.ndarray,
-                   attack_frames: int = notes.PLUCK_ATTACK_FRAMES) -> list[tuple[float, np.ndarray]]:
+                   attack_frames: int = notes.PLUCK_ATTACK_FRAMES) -> list[tuple[float, np.ndarray, float]]:
     """The notes of one file, found as transfer.py finds sung notes (notes.detect_notes with its
     defaults, notes.note_segments), each as (pitch: notes.note_midi, MIDI; loudness relative to its
-    onset level (notes.note_onset): float64 [n] dB, frame t after the note's first frame).
-    f0_hz, periodicity, loudness_db: [F] (Hz, 0..1, dB)."""
+    onset level (notes.note_onset): float64 [n] dB, frame t after the note's first frame; the onset
+    level, dB). f0_hz, periodicity, loudness_db: [F] (Hz, 0..1, dB)."""
     loud = np.asarray(loudness_db, np.float64)
     f0 = np.asarray(f0_hz, np.float64)
     note = notes.detect_notes(periodicity, loud)
-    return [(notes.note_midi(f0[a:b]), loud[a:b] - notes.note_onset(loud[a:b], attack_frames)[1])
-            for a, b in notes.note_segments(note, f0)]
+    found = []
+    for a, b in notes.note_segments(note, f0):
+        level = notes.note_onset(loud[a:b], attack_frames)[1]
+        found.append((notes.note_midi(f0[a:b]), loud[a:b] - level, level))
+    return found
 
 
 def median_curve(relative_db: list, min_notes: int = PLUCK_MIN_NOTES) -> np.ndarray:
@@ -239,7 +242,9 @@ def pluck_envelope_statistic(files: list, n_bands: int = PLUCK_BANDS, notes_per_
         None when no file holds a note, else dict(attack_frames int (the onset rule, notes.note_onset),
         band_edges_midi: k-1 floats ascending (a note of pitch m is in band notes.pluck_band(edges, m)),
         curves_db: k lists of floats, dB relative to the onset level, one per frame (250/s) from the
-        note's first frame, tail_db_per_s: k floats <= 0, notes: k ints (notes per band)).
+        note's first frame, tail_db_per_s: k floats <= 0, notes: k ints (notes per band),
+        onset_db_median: float, the median onset level of all the notes, dB (where transfer.py puts the
+        median sung onset)).
     """
     feats = [f if isinstance(f, dict) else load_feature_file(f) for f in files]
     found = [n for f in feats for n in note_envelopes(f["f0_hz"].numpy(), f["periodicity"].numpy(),
@@ -247,7 +252,7 @@ def pluck_envelope_statistic(files: list, n_bands: int = PLUCK_BANDS, notes_per_
     if not found:
         warnings.warn("no notes found in the training files; transfer.py will use its fixed pluck decay")
         return None
-    midi = np.array([m for m, _ in found])
+    midi = np.array([m for m, _, _ in found])
     k = int(np.clip(len(found) // notes_per_band, 1, n_bands))
     edges = sorted({float(e) for e in np.quantile(midi, np.arange(1, k) / k)})
     while True:  # many notes of one pitch can leave a band empty: merge it into its neighbour
@@ -258,12 +263,13 @@ def pluck_envelope_statistic(files: list, n_bands: int = PLUCK_BANDS, notes_per_
         del edges[max(int(empty[0]) - 1, 0)]
     curves, tails, counts = [], [], []
     for b in range(len(edges) + 1):
-        curve = median_curve([r for (_, r), i in zip(found, bands) if i == b], min_notes)
+        curve = median_curve([r for (_, r, _), i in zip(found, bands) if i == b], min_notes)
         curves.append([float(v) for v in curve])
         tails.append(tail_slope_db_per_s(curve))
         counts.append(int(np.sum(bands == b)))
     return {"attack_frames": int(attack_frames), "band_edges_midi": edges, "curves_db": curves,
-            "tail_db_per_s": tails, "notes": counts}
+            "tail_db_per_s": tails, "notes": counts,
+            "onset_db_median": float(np.median([level for _, _, level in found]))}
 
 
 INPUT_SCALING_KEYS = ("loudness_mean", "loudness_std")  # statistics the trained weights depend on

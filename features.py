@@ -425,6 +425,13 @@ def hz_to_midi(hz: ArrayLike) -> ArrayLike:
     return 69.0 + 12.0 * np.log2(np.asarray(hz, dtype=np.float64) / 440.0)
 
 
+def midi_to_hz(midi: ArrayLike) -> ArrayLike:
+    """MIDI note number -> frequency in Hz (the inverse of `hz_to_midi`); numpy, torch or a float."""
+    if isinstance(midi, torch.Tensor):
+        return 440.0 * 2.0 ** ((midi - 69.0) / 12.0)
+    return 440.0 * 2.0 ** ((np.asarray(midi, dtype=np.float64) - 69.0) / 12.0)
+
+
 def midi_to_note_name(midi: float, cents: bool = True) -> str:
     """MIDI number -> nearest note name with octave, and the cents offset unless `cents` is False:
     69.2 -> 'A4+20c', 40 -> 'E2' (low E string), 60 -> 'C4'."""

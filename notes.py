@@ -18,6 +18,11 @@ MIN_NOTE_CHANGE_FRAMES = 8    # a pitch change must hold 32 ms to start a new no
 ABS_FLOOR_DB = features.SILENCE_DB   # -70 dB: below this a frame is never a note
 PLUCK_DECAY_DB_PER_S = 20.0   # fixed decay without a learned curve; on held-out FluidR3 pairs 20 beat 10, 30, 45 dB/s
 PLUCK_ATTACK_FRAMES = 13      # a note's onset level is its maximum over its first 52 ms
+ONSET_RISE_DB = 20.0          # a sung note after a rest starts where its loudness rose to within 20 dB of its onset ...
+ONSET_RISE_FRAMES = 25        # ... looking back at most 100 ms (the periodicity-based start comes late on a slow attack)
+CAP_DIP_FRAMES = 50           # the sustain cap ignores dips of the sung loudness shorter than 200 ms ...
+ACCENT_DB = 6.0               # ... and a pluck's onset exceeds the cap by at most 6 dB, ...
+ACCENT_TAU_FRAMES = 10        # ... an excess that decays with a 40 ms time constant
 
 
 def _runs(mask: np.ndarray):
@@ -122,30 +127,106 @@ def pluck_curve(n_frames: int, midi: float, learned: dict | None = None,
     return np.where(t <= last, curve[np.minimum(t, last).astype(np.int64)], curve[last] + tail * (t - last))
 
 
+def note_start(loudness_db: np.ndarray, start: int, stop: int, earliest: int,
+               rise_db: float = ONSET_RISE_DB, max_frames: int = ONSET_RISE_FRAMES,
+               attack_frames: int = PLUCK_ATTACK_FRAMES) -> int:
+    """Where a note that follows a rest really starts: the earliest frame, at most `max_frames` before
+    `start` and not before `earliest`, from which on the loudness stays within `rise_db` of the note's onset
+    level (`note_onset` of frames start..stop). loudness_db: [F] dB, the sung loudness (unmapped).
+
+    Why: a note is detected where CREPE's periodicity passes the threshold, which on a slow sung attack is
+    up to 60 ms after the loudness has risen; a plucked note's attack belongs where the sound begins.
+    """
+    x = np.asarray(loudness_db, np.float64)
+    level = note_onset(x[start:stop], attack_frames)[1]
+    s = int(start)
+    lo = max(int(earliest), s - int(max_frames))
+    while s - 1 >= lo and x[s - 1] > level - rise_db:
+        s -= 1
+    return s
+
+
+def close_dips(loudness_db: np.ndarray, frames: int = CAP_DIP_FRAMES) -> np.ndarray:
+    """Fill the dips of a note's loudness ([n] dB) that are shorter than `frames` frames (a grey closing:
+    the running maximum over `frames` frames, then the running minimum). The note's end counts as a fall,
+    not a dip: its final fade is kept. [n] dB -> [n] dB (float64), >= the input."""
+    from scipy.ndimage import grey_closing
+
+    v = np.asarray(loudness_db, np.float64)
+    q = min(int(frames), v.size)
+    if q <= 1:
+        return v.copy()
+    padded = np.concatenate([v, np.full(q, v.min() - 100.0)])   # silence after the note: a fade is no dip
+    return np.maximum(grey_closing(padded, size=q, mode="nearest")[:v.size], v)
+
+
 def pluck_envelope(loudness_db: np.ndarray, note: np.ndarray, f0_hz: np.ndarray, learned: dict | None = None,
-                   decay_db_per_s: float = PLUCK_DECAY_DB_PER_S,
-                   attack_frames: int = PLUCK_ATTACK_FRAMES) -> np.ndarray:
+                   decay_db_per_s: float = PLUCK_DECAY_DB_PER_S, attack_frames: int = PLUCK_ATTACK_FRAMES,
+                   sung_loudness_db: np.ndarray | None = None, dip_frames: int = CAP_DIP_FRAMES,
+                   accent_db: float = ACCENT_DB, accent_tau_frames: float = ACCENT_TAU_FRAMES) -> np.ndarray:
     """Replace each sung note's loudness by a plucked string's. [F] dB -> [F] dB (float64).
 
-    Per note (`note_segments`): onset (k, level) = `note_onset` of the sung loudness; the note becomes
-    level + `pluck_curve` (the learned curve of its pitch band, or a straight `decay_db_per_s` decay when
-    `learned` is None), and from frame k on it is capped at the sung loudness, so the guitar note ends or
-    fades when the singer does. `learned` brings its own `attack_frames` (the statistic's onset rule).
-    Non-note frames are returned unchanged. f0_hz: [F] Hz (picks each note's pitch band).
+    Per note (`note_segments`, frames a..b): onset (k, level) = `note_onset` of `loudness_db`; a note after a
+    rest starts at `note_start` of `sung_loudness_db` (the unmapped voice; None: at a). The note's onset
+    level is moved by one offset per file, so that the median onset level of its notes equals the training
+    notes' (`learned["onset_db_median"]`; no offset without it), and from its start the note follows
+    that level + `pluck_curve` (the learned curve of its pitch band, or a straight `decay_db_per_s` decay
+    when `learned` is None). From frame a + k on it is capped by the running minimum of `loudness_db`
+    since a + k (the sung loudness, mapped but not offset) after `close_dips` (dips shorter than
+    `dip_frames` filled), so the guitar note ends or fades when the singer does, never swells back, and a
+    momentary dip does not end it; the cap is raised by an attack accent of `accent_db` that decays as
+    exp(-t / `accent_tau_frames`) from a + k, and the frames before a + k are capped at the cap's first
+    value + `accent_db`: the onset offset can lift an onset at most `accent_db` above the sung level, and
+    the note falls from there to the cap within ~100 ms instead of in one frame.
+    `learned` brings its own `attack_frames` (the statistic's onset rule).
+    Frames outside notes (except those before a note's start) are returned unchanged. f0_hz: [F] Hz.
 
     Why: a hummed note swells and sustains, a plucked guitar note starts at its loudest and decays;
-    rendering the voice's own envelope sounds like a bowed guitar. The cap: a sung note's end (the
-    singer stops or fades) is where the played note was released; without it the curve of a held note
-    rings on through the voice's release (measured variants: README, Design notes, "Pluck envelope").
+    rendering the voice's own envelope sounds like a bowed guitar. The loudness map matches the voice's
+    note frames to the training notes' frames, which are mostly decaying sustain, so a sung onset lands
+    below a guitar onset: the onset offset puts it where training onsets are, the cap keeps the sustain
+    where the map put it. A sung note's end is where the played note was released; the running minimum
+    keeps vibrato and swells inside the sung note out of the guitar (measured variants: README, Design
+    notes, "Pluck envelope"). The raw running minimum locked a note at a brief dip of the voice (a breath,
+    a consonant), and the raw offset put a loud note's onset up to 17 dB above the voice for 50 ms and
+    dropped it in one frame: the dip filling and the bounded, decaying accent remove both.
     """
     x = np.asarray(loudness_db, np.float64)
     f0 = np.asarray(f0_hz, np.float64)
+    sung = None if sung_loudness_db is None else np.asarray(sung_loudness_db, np.float64)
     out = x.copy()
     if learned is not None:
         attack_frames = int(learned["attack_frames"])
+    segments = note_segments(note, f0)
+    onsets = [note_onset(x[a:b], attack_frames) for a, b in segments]
+    offset = 0.0
+    if learned is not None and learned.get("onset_db_median") is not None and onsets:
+        offset = float(learned["onset_db_median"]) - float(np.median([level for _, level in onsets]))
+    previous_end = 0
+    for (a, b), (k, level) in zip(segments, onsets):
+        s = a
+        if sung is not None and a != previous_end:
+            s = note_start(sung, a, b, previous_end, attack_frames=attack_frames)
+        y = level + offset + pluck_curve(b - s, note_midi(f0[a:b]), learned, decay_db_per_s)
+        kk = a + k - s
+        cap = np.minimum.accumulate(close_dips(x[a + k:b], dip_frames))
+        y[:kk] = np.minimum(y[:kk], cap[0] + accent_db)
+        accent = accent_db * np.exp(-np.arange(cap.size) / max(float(accent_tau_frames), 1e-9))
+        y[kk:] = np.minimum(y[kk:], cap + accent)
+        out[s:b] = y
+        previous_end = b
+    return out
+
+
+def hold_note_pitch(f0_hz: np.ndarray, note: np.ndarray) -> np.ndarray:
+    """Each note (`note_segments`) held at its own pitch (`note_midi`, the median of its frames in MIDI), as a
+    fretted string holds it; frames outside notes unchanged. [F] Hz -> [F] Hz (float64).
+
+    Why: a sung note wavers (vibrato, scoops, drift) where a fretted guitar note is steady; the segments
+    are the same notes the pluck envelope plays, so every pluck gets one pitch.
+    """
+    f0 = np.asarray(f0_hz, np.float64)
+    out = f0.copy()
     for a, b in note_segments(note, f0):
-        k, level = note_onset(x[a:b], attack_frames)
-        y = level + pluck_curve(b - a, note_midi(f0[a:b]), learned, decay_db_per_s)
-        y[k:] = np.minimum(y[k:], x[a + k:b])
-        out[a:b] = y
+        out[a:b] = features.midi_to_hz(note_midi(f0[a:b]))
     return out

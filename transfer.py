@@ -25,20 +25,29 @@ Pipeline, per input:
     * non-note frames (breath, room noise, silence) are pushed 30 dB (--quiet_db) below the training
       set's softest note loudness (floored at -80 dB), with 20 ms ramps at note edges, so they render
       as silence rather than guitar noise;
+    * pitch (--pitch note, the default): after the shift, each note is held at its own pitch (the median
+      of its frames, notes.hold_note_pitch), as a fretted string holds it; --pitch voice keeps the
+      singer's vibrato, scoops and drift;
     * envelope (--envelope pluck, the default): each note (a run of note frames, split where the
-      pitch moves to a new semitone and stays there 32 ms) becomes a plucked note: it starts at its
-      onset level (its maximum over its first 52 ms) and then follows the training set's plucked-note
-      curve for its pitch band (config `pluck_envelope`, data.pluck_envelope_statistic: the median
-      guitar note's loudness relative to its onset level, frame by frame since the onset, attack
-      included), and from the sung onset peak on it never exceeds the sung loudness, so the guitar note
-      stops or fades when the singer does (the voice marks the note-off; the guitar curve how a held
-      note dies away). A checkpoint without the statistic (made before it existed; add it with
-      `train.py --update_stats`) uses a straight decay of 20 dB/s instead, and so does an explicit
-      --pluck_decay DB (that many dB/s); the cap applies either way. A hummed note swells and
-      sustains, which rendered as-is sounds bowed; --envelope voice keeps the voice's envelope.
-      On the held-out voice->guitar pairs (README) the output comes 26.0 % closer to the real guitar
-      than the voice input (24.9 % with --pluck_decay 20; 21.5 % with the former fixed 20 dB/s decay
-      without the cap; 10.1 % with --envelope voice);
+      pitch moves to a new semitone and stays there 32 ms) becomes a plucked note (notes.pluck_envelope):
+      a note after a rest starts where the sung loudness rose to within 20 dB of its onset level (at
+      most 100 ms before the periodicity-based start, which is late on a slow sung attack); its onset
+      level (its maximum over its first 52 ms) is offset, one offset per file, so that the file's median
+      onset is the training notes' median onset level (config `pluck_envelope["onset_db_median"]`); it
+      then follows the training set's plucked-note curve for its pitch band (config `pluck_envelope`,
+      data.pluck_envelope_statistic: the median guitar note's loudness relative to its onset level,
+      frame by frame since the onset, attack included), and from the sung onset peak on it never
+      exceeds the running minimum of the (mapped) sung loudness since that peak, dips shorter than
+      200 ms ignored, so the guitar note stops or fades when the singer does, never swells back, and
+      rings on through a breath; the onset may exceed that cap by at most 6 dB, an accent that decays
+      with a 40 ms time constant. A checkpoint without the statistic
+      (made before it existed; add it with `train.py --update_stats`) uses a straight decay of 20 dB/s
+      from the sung onset level instead, and so does an explicit --pluck_decay DB (that many dB/s); the
+      cap applies either way. A hummed note swells and sustains, which rendered as-is sounds bowed;
+      --envelope voice keeps the voice's envelope.
+      On the held-out voice->guitar pairs (README) the output comes 30.5 % closer to the real guitar
+      than the voice input (26.0 % with the previous envelope, capped by the voice itself, and the
+      sung pitch; 14.3 % with --envelope voice; 10.1 % with --envelope voice --pitch voice);
     * --loudness_db adds an offset to every frame at the end. --no_adjust turns off everything
       automatic (note gating, auto octave, quantile matching); explicit --octave N, --semitones and
       --loudness_db still apply.
@@ -63,7 +72,7 @@ import torch
 from tqdm import tqdm
 
 import features
-from notes import ABS_FLOOR_DB, MIN_NOTE_FRAMES, PLUCK_DECAY_DB_PER_S, detect_notes, pluck_envelope
+from notes import ABS_FLOOR_DB, MIN_NOTE_FRAMES, PLUCK_DECAY_DB_PER_S, detect_notes, hold_note_pitch, pluck_envelope
 from utils import (HelpFormatter, UserError, add_device_arguments, apply_threads, atomic_path, atomic_write_wav,
                    pick_device, run_main)
 
@@ -149,6 +158,7 @@ class AdjustSettings:
     quiet_db: float = 30.0
     max_slope: float | None = 2.0
     envelope: str = "pluck"
+    pitch: str = "note"                         # note: each note held at its median pitch; voice: as sung
     pluck_decay_db_per_s: float | None = None   # None: the config's learned curve, else PLUCK_DECAY_DB_PER_S
 
 
@@ -211,9 +221,12 @@ def adjust_features(f0_hz: np.ndarray, loudness_db: np.ndarray, periodicity: np.
             fixed = settings.pluck_decay_db_per_s
             learned = config.get("pluck_envelope") if fixed is None else None
             decay = PLUCK_DECAY_DB_PER_S if fixed is None else float(fixed)
-            loud_out = pluck_envelope(loud_out, note, f0_out, learned, decay)
+            loud_out = pluck_envelope(loud_out, note, f0_out, learned, decay, sung_loudness_db=loud)
             info["envelope"] = (f"pluck, learned ({len(learned['curves_db'])} pitch bands)" if learned
                                 else f"pluck, {decay:g} dB/s")
+        if settings.pitch == "note":
+            f0_out = hold_note_pitch(f0_out, note)
+        info["pitch"] = settings.pitch
         info["input_note_median_db"] = float(np.median(loud[note]))
         info["output_note_median_db"] = float(np.median(loud_out[note]))
     loud_out = np.maximum(loud_out, -features.LOUDNESS_RANGE_DB)
@@ -410,6 +423,9 @@ def add_adjust_arguments(p: argparse.ArgumentParser) -> None:
                    help="pluck: each sung note becomes a plucked note (its onset level, then the training "
                         "set's plucked-note decay curve for its pitch, ending when the sung note ends); "
                         "voice: keep the voice's own swell and sustain (sounds bowed)")
+    p.add_argument("--pitch", choices=("note", "voice"), default="note",
+                   help="note: each sung note held at its own (median) pitch, as a fretted string holds it; "
+                        "voice: keep the voice's vibrato, scoops and drift")
     p.add_argument("--pluck_decay", type=float, default=None,
                    help="a straight decay of this many dB/s instead of the checkpoint's learned curve; "
                         f"default: the learned curve (config 'pluck_envelope'), or {PLUCK_DECAY_DB_PER_S:g} "
@@ -425,7 +441,7 @@ def adjust_settings(args) -> AdjustSettings:
                           loudness_db=args.loudness_db, note_threshold=args.note_threshold,
                           floor_db=args.floor_db, quiet_db=args.quiet_db,
                           max_slope=args.max_expand if args.max_expand > 0 else None,
-                          envelope=args.envelope, pluck_decay_db_per_s=args.pluck_decay)
+                          envelope=args.envelope, pluck_decay_db_per_s=args.pluck_decay, pitch=args.pitch)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -132,7 +132,7 @@ def render(d: dict, title_name: str, out_path: Path) -> None:
     ax_n.set_yscale("log")
     ax_n.set_ylim(ax_s.get_ylim())
     midis = [m for m in range(24, 121) if m % 12 in (4, 9)]
-    hz = [440.0 * 2 ** ((m - 69) / 12) for m in midis]
+    hz = [float(fx.midi_to_hz(m)) for m in midis]
     ax_n.set_yticks([h for h in hz if F_LO <= h <= F_HI])
     ax_n.set_yticklabels([fx.midi_to_note_name(m) for m, h in zip(midis, hz) if F_LO <= h <= F_HI], fontsize=8)
     ax_n.minorticks_off()

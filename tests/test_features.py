@@ -258,6 +258,10 @@ def test_load_audio_errors_are_one_line_user_errors(tmp_path):
 
 def test_note_helpers():
     assert fx.hz_to_midi(440.0) == pytest.approx(69.0)
+    assert fx.midi_to_hz(69.0) == pytest.approx(440.0) and fx.midi_to_hz(57.0) == pytest.approx(220.0)
+    midi = np.array([28.0, 40.3, 81.0])  # round trip, numpy and torch
+    np.testing.assert_allclose(fx.hz_to_midi(fx.midi_to_hz(midi)), midi, rtol=1e-12)
+    torch.testing.assert_close(fx.midi_to_hz(torch.tensor([69.0, 81.0])), torch.tensor([440.0, 880.0]))
     assert fx.midi_to_note_name(40) == "E2"
     assert fx.midi_to_note_name(69.2) == "A4+20c"
     assert fx.midi_to_note_name(69.2, cents=False) == "A4"

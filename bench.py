@@ -7,7 +7,8 @@ What is measured (default config: batch 16 x 4 s, 100 harmonics, 65 noise bands,
                     (all of it) / optimizer.
   synth+loss step   the decoder's outputs are detached leaves, so only the synthesizer, reverb and loss
                     (forward + backward) are timed: the synthesizer's own cost.
-  inference         real-time factor (audio seconds per wall second) at batch 1: 4 s through the model,
+  inference         real-time factor (audio seconds per wall second) at batch 1 (each round: the median
+                    of 5 back-to-back calls, warm as in a rendering loop): 4 s through the model,
                     the synthesizer alone and the decoder alone on those 4 s, and --inference_seconds
                     (60) through render_chunked (the reference renders the whole clip in one go).
   preprocess        real-time factor of features.extract_features with CREPE tiny and full on
@@ -98,6 +99,7 @@ TARGETS = {
 EXPERIMENTS = ("bf16", "checkpoint", "half_rate", "quarter_rate", "compile")
 CHILD_TAG = "BENCH_CHILD "
 MEMORY_STEPS = 3  # training steps a peak-memory subprocess runs
+INFERENCE_CALLS = 5  # back-to-back calls per inference round (median)
 
 
 # ==================================================================================================
@@ -473,11 +475,14 @@ def bench_inference(args, device, clock) -> dict:
     with torch.inference_mode():
         controls = decode(net, f0, loud)
 
-        def timed(fn):
-            def run():
-                t0 = clock()
-                fn()
-                return clock() - t0
+        def timed(fn, calls: int = INFERENCE_CALLS):
+            def run():  # a round: the median of a few back-to-back calls (warm, as in a rendering loop)
+                times = []
+                for _ in range(calls):
+                    t0 = clock()
+                    fn()
+                    times.append(clock() - t0)
+                return statistics.median(times)
             return run
         runs = interleaved({
             "ours": timed(lambda: ours_synthesize(net, decode(net, f0, loud), f0)),

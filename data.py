@@ -50,7 +50,7 @@ import torch
 from torch.utils.data import Dataset
 
 import notes
-from features import FEATURE_VERSION, FRAME_RATE, HOP, LOUDNESS_RANGE_DB, SAMPLE_RATE, SILENCE_DB, hz_to_midi, n_frames
+from features import FEATURE_VERSION, FRAME_RATE, HOP, LOUDNESS_RANGE_DB, SAMPLE_RATE, SILENCE_DB, n_frames
 from utils import UserError, atomic_torch_save, torch_load
 
 FEATURE_KEYS = ("audio", "f0_hz", "periodicity", "loudness_db")
@@ -178,11 +178,11 @@ def dataset_statistics(files: list, silence_db: float = SILENCE_DB) -> dict:
         warnings.warn("no voiced frames (periodicity > 0.5) in the training files; mean_midi uses all "
                       "frames with f0 > 0")
         voiced = f0 > 0
-    mean_midi = float(np.mean(hz_to_midi(f0[voiced].astype(np.float64)))) if voiced.any() else 60.0
+    mean_midi = notes.mean_midi(f0, voiced) if voiced.any() else 60.0
     return {
         "loudness_mean": float(loud.mean()),
         "loudness_std": float(max(loud.std(), 1e-3)),
-        "loudness_quantiles": [float(q) for q in np.quantile(loud, np.linspace(0.0, 1.0, 101))],
+        "loudness_quantiles": [float(q) for q in notes.loudness_quantiles(loud)],
         "mean_midi": mean_midi,
         "pluck_envelope": pluck_envelope_statistic(feats),
     }
@@ -287,15 +287,10 @@ def refresh_checkpoint_statistics(checkpoint, data_dir, val_fraction: float = 0.
     checkpoint is written atomically to `output` (default: over `checkpoint`).
     Returns the names of the statistics whose stored value changed (added ones included).
     """
+    from model import read_checkpoint
+
     checkpoint = Path(checkpoint)
-    try:
-        ckpt = torch_load(checkpoint)
-    except FileNotFoundError:
-        raise UserError(f"{checkpoint}: checkpoint not found; pass an existing .pth file") from None
-    except Exception as e:
-        raise UserError(f"{checkpoint}: not a loadable checkpoint ({type(e).__name__})") from None
-    if not isinstance(ckpt, dict) or not isinstance(ckpt.get("config"), dict):
-        raise UserError(f"{checkpoint}: not a Neural Guitar checkpoint (no 'config')")
+    ckpt = read_checkpoint(checkpoint, flag="--update_stats")
     config = ckpt["config"]
     stats = NeuralGuitarDataset(data_dir, split="train", val_fraction=val_fraction).stats
     for key in INPUT_SCALING_KEYS:

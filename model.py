@@ -352,19 +352,26 @@ class NeuralGuitar(nn.Module):
         return final
 
 
-def load_model(path, device="cpu") -> NeuralGuitar:
-    """Rebuild a model from a checkpoint (`model` state_dict + `config`), in eval mode.
+def read_checkpoint(path, map_location="cpu", flag: str = "--checkpoint") -> dict:
+    """A checkpoint's dict (weights_only=True), with at least `model` and a `config` dict.
 
-    Loads with weights_only=True. Raises UserError for a missing or unreadable file.
+    Raises UserError (one line: the file and what to do, naming the command-line `flag` that gave it)
+    for a missing, unreadable or foreign file.
     """
     try:
-        ckpt = torch_load(path, map_location=device)
+        ckpt = torch_load(path, map_location=map_location)
     except FileNotFoundError:
-        raise UserError(f"{path}: checkpoint not found; pass --checkpoint to an existing .pth file")
+        raise UserError(f"{path}: checkpoint not found; point {flag} to an existing .pth file") from None
     except Exception as e:  # corrupt file, not a checkpoint, or unsafe pickle
-        raise UserError(f"{path}: not a loadable checkpoint ({type(e).__name__}); re-download or retrain it")
-    if not isinstance(ckpt, dict) or "model" not in ckpt or "config" not in ckpt:
+        raise UserError(f"{path}: not a loadable checkpoint ({type(e).__name__}); re-download or retrain it") from None
+    if not isinstance(ckpt, dict) or "model" not in ckpt or not isinstance(ckpt.get("config"), dict):
         raise UserError(f"{path}: not a Neural Guitar checkpoint (needs 'model' and 'config')")
+    return ckpt
+
+
+def load_model(path, device="cpu") -> NeuralGuitar:
+    """Rebuild a model from a checkpoint (`model` state_dict + `config`, `read_checkpoint`), in eval mode."""
+    ckpt = read_checkpoint(path, map_location=device)
     if ckpt["config"].get("version", 0) != MODEL_VERSION:
         raise UserError(f"{path}: made by model version {ckpt['config'].get('version')}, this code is "
                         f"version {MODEL_VERSION}; retrain it with train.py")

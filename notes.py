@@ -17,6 +17,7 @@ MIN_NOTE_FRAMES = 12          # notes shorter than 48 ms are dropped
 MIN_NOTE_CHANGE_FRAMES = 8    # a pitch change must hold 32 ms to start a new note
 ABS_FLOOR_DB = features.SILENCE_DB   # -70 dB: below this a frame is never a note
 PLUCK_DECAY_DB_PER_S = 20.0   # fixed decay without a learned curve; on held-out FluidR3 pairs 20 beat 10, 30, 45 dB/s
+N_QUANTILES = 101             # loudness quantiles 0..100 %
 PLUCK_ATTACK_FRAMES = 13      # a note's onset level is its maximum over its first 52 ms
 ONSET_RISE_DB = 20.0          # a sung note after a rest starts where its loudness rose to within 20 dB of its onset ...
 ONSET_RISE_FRAMES = 25        # ... looking back at most 100 ms (the periodicity-based start comes late on a slow attack)
@@ -97,6 +98,19 @@ def note_onset(loudness_db: np.ndarray, attack_frames: int = PLUCK_ATTACK_FRAMES
     head = np.asarray(loudness_db, np.float64)[:max(1, int(attack_frames))]
     k = int(np.argmax(head))
     return k, float(head[k])
+
+
+def mean_midi(f0_hz: np.ndarray, mask: np.ndarray) -> float:
+    """Mean MIDI pitch of the frames in `mask` ([F] Hz, bool [F]): the input's (transfer.py) and the
+    training set's (data.dataset_statistics, `mean_midi`) pitch, one definition."""
+    f0 = np.asarray(f0_hz, np.float64)[np.asarray(mask, bool)]
+    return float(np.mean(features.hz_to_midi(f0)))
+
+
+def loudness_quantiles(loudness_db: np.ndarray, n: int = N_QUANTILES) -> np.ndarray:
+    """The 0..100 % quantiles (`n` evenly spaced levels) of loudness values, dB [n]: the input's
+    (transfer.py) and the training set's (data.dataset_statistics, `loudness_quantiles`)."""
+    return np.quantile(np.asarray(loudness_db, np.float64), np.linspace(0.0, 1.0, n))
 
 
 def note_midi(f0_hz: np.ndarray) -> float:

@@ -72,7 +72,8 @@ import torch
 from tqdm import tqdm
 
 import features
-from notes import ABS_FLOOR_DB, MIN_NOTE_FRAMES, PLUCK_DECAY_DB_PER_S, detect_notes, hold_note_pitch, pluck_envelope
+from notes import (ABS_FLOOR_DB, MIN_NOTE_FRAMES, PLUCK_DECAY_DB_PER_S, detect_notes, hold_note_pitch,
+                   loudness_quantiles, mean_midi, pluck_envelope)
 from utils import (HelpFormatter, UserError, add_device_arguments, apply_threads, atomic_path, atomic_write_wav,
                    pick_device, run_main)
 
@@ -82,28 +83,16 @@ MIN_SECONDS = 0.25            # shortest input accepted (CREPE needs a few 64 ms
 PEAK_DBFS = -1.0              # output ceiling
 EDGE_RAMP_FRAMES = 5          # 20 ms ramps between note and non-note loudness
 
-N_QUANTILES = 101
 
 
 # ------------------------------------------------------------------------------------------------
 # Auto-adjust: pure functions on frame features (numpy, [F] arrays, dB / Hz)
 # ------------------------------------------------------------------------------------------------
 
-def mean_midi(f0_hz: np.ndarray, mask: np.ndarray) -> float:
-    """Mean MIDI pitch of the frames in `mask` (same definition as data.dataset_statistics)."""
-    f0 = np.asarray(f0_hz, np.float64)[np.asarray(mask, bool)]
-    return float(np.mean(features.hz_to_midi(f0)))
-
-
 def auto_octave_shift(train_mean_midi: float, input_mean_midi: float) -> int:
     """Whole octaves that bring the input's mean pitch nearest the training set's:
     round((train - input) / 12), halves rounded up (toward higher pitch)."""
     return int(math.floor((train_mean_midi - input_mean_midi) / 12.0 + 0.5))
-
-
-def loudness_quantiles(loudness_db: np.ndarray, n: int = N_QUANTILES) -> np.ndarray:
-    """The 0..100 % quantiles (`n` evenly spaced levels) of loudness values, dB [n]."""
-    return np.quantile(np.asarray(loudness_db, np.float64), np.linspace(0.0, 1.0, n))
 
 
 def quantile_map(x: np.ndarray, input_quantiles, target_quantiles, max_slope: float | None = None) -> np.ndarray:

@@ -228,20 +228,54 @@ def test_lean_gru_gradcheck():
     assert torch.autograd.gradcheck(model_mod._GRURecurrence.apply, (gi, h0, w, b))
 
 
-def test_decode_equals_concatenated_out_mlp():
-    """decode applies out_mlp's first Linear to [core output, x] in two parts: same as on the concatenation."""
-    m = small_model("gru", mlp_layers=2)
+@pytest.mark.parametrize("bias", [True, False])
+def test_split_linear_equals_linear_of_the_concatenation(bias):
+    torch.manual_seed(2)
+    parts = [torch.randn(2, 7, n, dtype=torch.float64, requires_grad=True) for n in (3, 5, 4)]
+    lin = torch.nn.Linear(12, 6, bias=bias).double()
+    w = torch.randn(2, 7, 6, dtype=torch.float64)
+    got = model_mod.split_linear(parts, lin.weight, lin.bias)
+    grads_got = torch.autograd.grad((got * w).sum(), [*parts, *lin.parameters()])
+    want = lin(torch.cat(parts, dim=-1))
+    grads_want = torch.autograd.grad((want * w).sum(), [*parts, *lin.parameters()])
+    torch.testing.assert_close(got, want, rtol=1e-12, atol=1e-12)
+    for g, r in zip(grads_got, grads_want):
+        torch.testing.assert_close(g, r, rtol=1e-12, atol=1e-12)
+    with pytest.raises(ValueError, match="features"):
+        model_mod.split_linear(parts[:2], lin.weight, lin.bias)
+
+
+@pytest.mark.parametrize("grad", [False, True])
+def test_decode_equals_the_concatenated_decoder(grad):
+    """decode never concatenates [f0 features, loudness features] (nor [core output, x]): its controls
+    and, in training (lean GRU on CPU), its gradients equal the plain concatenated network's."""
+    m = small_model("gru", mlp_layers=2).double()
     f0, loud = controls(30, 2)
-    with torch.no_grad():
-        controls_out, _ = m.decode(f0, loud)
+    f0, loud = f0.double(), loud.double()
+    weights = {k: torch.randn(v.shape, dtype=torch.float64) for k, v in m.decode(f0, loud)[0].items()}
+
+    def plain():
         a, b = m.scale_inputs(f0, loud)
         x = torch.cat([m.f0_mlp(a), m.loudness_mlp(b)], dim=-1)
         y, _ = m.core(x)
         raw = m.head(m.out_mlp(torch.cat([y, x], dim=-1)))
-    K = m.config["n_harmonics"]
-    torch.testing.assert_close(controls_out["harmonic_distribution"], model_mod.synth.exp_sigmoid(raw[..., 1:1 + K]),
-                               rtol=1e-5, atol=1e-6)
-    torch.testing.assert_close(controls_out["amplitude"], model_mod.synth.exp_sigmoid(raw[..., :1]), rtol=1e-5, atol=1e-6)
+        K = m.config["n_harmonics"]
+        return {"amplitude": model_mod.synth.exp_sigmoid(raw[..., :1]),
+                "harmonic_distribution": model_mod.synth.exp_sigmoid(raw[..., 1:1 + K]),
+                "noise_magnitudes": model_mod.synth.exp_sigmoid(raw[..., 1 + K:] + m.config["noise_bias"])}
+
+    results = []
+    for fn in (lambda: m.decode(f0, loud)[0], plain):
+        with torch.set_grad_enabled(grad):
+            out = fn()
+        params = [p for mod in (m.f0_mlp, m.loudness_mlp, m.core, m.out_mlp, m.head) for p in mod.parameters()]
+        grads = torch.autograd.grad(sum((out[k] * weights[k]).sum() for k in out), params) if grad else []
+        results.append((out, grads))
+    (got, g_got), (want, g_want) = results
+    for k in want:
+        torch.testing.assert_close(got[k], want[k], rtol=1e-10, atol=1e-12)
+    for a, b in zip(g_got, g_want):
+        torch.testing.assert_close(a, b, rtol=1e-9, atol=1e-12)
 
 
 def test_bf16_autocast_runs_the_decoder_in_bf16_and_the_dsp_in_float32():

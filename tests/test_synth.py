@@ -22,6 +22,15 @@ pytestmark = pytest.mark.usefixtures("single_thread")
 # ------------------------------------------------------------------------------------------------
 # helpers
 # ------------------------------------------------------------------------------------------------
+@pytest.fixture(params=["kernel", "torch"])
+def bank_path(request, monkeypatch):
+    """Run a test through both renderers of the bank's forward: the fused CPU kernel (float32 on CPU)
+    and the chunked torch path (CUDA, float64 and every backward)."""
+    if request.param == "torch":
+        monkeypatch.setattr(synth, "_use_kernel", lambda x, hop: False)
+    return request.param
+
+
 def make_harmonic(n_harmonics: int, b: float = 1e-12) -> synth.HarmonicSynthesizer:
     """Synth with inharmonicity ~0 (B = 1e-12 moves partial 100 by 5e-9 relative: nothing)."""
     return synth.HarmonicSynthesizer(n_harmonics, SR, HOP, learn_inharmonicity=False, initial_inharmonicity=b)
@@ -102,7 +111,7 @@ def test_constant_440_has_fft_peak_and_requested_amplitudes():
         assert ls_amplitude(y, 440.0 * h) == pytest.approx(0.5 * d, rel=0.01)
 
 
-def test_sine_equals_analytic_sample_by_sample_no_seams():
+def test_sine_equals_analytic_sample_by_sample_no_seams(bank_path):
     hs = make_harmonic(1)
     y = render(hs, np.full(250, 440.0), 0.8, [1.0])
     ref = 0.8 * np.sin(2 * np.pi * 440.0 * np.arange(SR) / SR)
@@ -136,7 +145,7 @@ def test_initial_and_final_phase_continue_a_render():
     assert np.abs(np.angle(np.exp(1j * (got - expect)))).max() < 1e-9
 
 
-def test_linear_glide_equals_analytic_chirp():
+def test_linear_glide_equals_analytic_chirp(bank_path):
     """f0 glides linearly 200 -> 1000 Hz; every partial k must follow sin(k * 2*pi*int f)."""
     Fr, K = 250, 3
     t_end = (Fr - 1) * HOP  # last control frame; f0 is held after it
@@ -201,7 +210,7 @@ def _alias_and_high_band_energy(y: np.ndarray, f0_frames: np.ndarray, K: int):
 
 
 @pytest.mark.parametrize("direction", ["up", "down"])
-def test_glide_across_nyquist_has_no_aliasing(direction):
+def test_glide_across_nyquist_has_no_aliasing(direction, bank_path):
     """Partials 3..16 cross Nyquist while f0 glides between 1 and 3 kHz (2 s)."""
     Fr, K = 500, 16
     f0 = np.linspace(1000.0, 3000.0, Fr)
@@ -341,14 +350,15 @@ def test_harmonic_bank_gradcheck_buckets_and_chunks(monkeypatch):
     monkeypatch.setattr(synth._HarmonicBank, "CHUNK_ELEMENTS", 8)
     hop, active = 4, [3, 20, 0, 17, 8, 1, 16]
     theta0, omega, domega, amp0, amp1, keep = _bank_inputs(len(active), 20, hop, seed=1, active=active)
-    groups = synth._HarmonicBank._groups(amp0, amp1)
-    assert sorted(size for _, size in groups) == [8, 16, 20]
+    order, chunks = synth._HarmonicBank._plan(amp0, amp1, hop)
+    assert sorted({size for *_, size in chunks}) == [8, 16, 20]
+    assert order.tolist() == [0, 4, 5, 6, 1, 3]  # needs 8 8 8 16 20 20; silent frame 2 skipped
     inputs = tuple(t.requires_grad_() for t in (theta0, omega, domega, amp0, amp1))
     assert torch.autograd.gradcheck(
         lambda t0, w, dw, a0, a1: synth._HarmonicBank.apply(t0, w, dw, a0 * keep, a1 * keep, hop), inputs)
 
 
-def test_harmonic_bank_equals_direct_formula_with_buckets(monkeypatch):
+def test_harmonic_bank_equals_direct_formula_with_buckets(monkeypatch, bank_path):
     monkeypatch.setattr(synth._HarmonicBank, "CHUNK_ELEMENTS", 64 * 40)  # a few frames per chunk
     M, K, hop = 120, 100, 64
     active = np.random.default_rng(0).integers(0, K + 1, M)
@@ -358,11 +368,44 @@ def test_harmonic_bank_equals_direct_formula_with_buckets(monkeypatch):
     th = t0.numpy()[:, None] + w.numpy()[:, None] * n + dw.numpy()[:, None] * n ** 2 / (2 * hop)
     a = a0.numpy()[:, None] * (1 - n / hop) + a1.numpy()[:, None] * n / hop
     ref = (a * np.sin(th)).sum(-1)
-    assert len(synth._HarmonicBank._groups(a0, a1)) > 3
+    assert len({size for *_, size in synth._HarmonicBank._plan(a0, a1, hop)[1]}) > 3
     assert np.abs(y - ref).max() < 1e-4
 
 
-def test_harmonic_synth_equals_naive_audio_rate_reference():
+def test_kernel_sine_matches_float64_sine_over_the_phase_range():
+    """With hop 1 the kernel renders y = amp0 * sin(theta0): its own float32 sine (range reduction by pi,
+    Taylor series) against numpy's float64 sine, from tiny phases to phases far beyond any hop's."""
+    rng = np.random.default_rng(3)
+    x = np.concatenate([rng.uniform(-8, 8, 50_000), rng.uniform(-3e4, 3e4, 50_000),
+                        np.arange(-400, 401) * np.pi, [0.0, 1e-30, -1e-30]]).astype(np.float32)
+    M = len(x)
+    t0 = torch.from_numpy(x)[:, None]
+    zero, one = torch.zeros(M, 1), torch.ones(M, 1)
+    assert synth._use_kernel(t0, 1)
+    y = synth._HarmonicBank.apply(t0, zero, zero, one, one, 1)[:, 0].double().numpy()
+    assert np.abs(y - np.sin(x.astype(np.float64))).max() < 2e-7  # numpy's float32 sine: 7e-8
+
+
+def test_float32_kernel_forward_with_torch_backward_matches_float64():
+    """Training in float32 renders forward with the kernel and differentiates with the torch path:
+    value and gradients must agree with the all-float64 (torch path) computation."""
+    M, K, hop = 60, 24, 64
+    active = np.random.default_rng(1).integers(0, K + 1, M)
+    inputs64 = _bank_inputs(M, K, hop, seed=4, dtype=torch.float64, active=active)[:5]
+    w = torch.randn(M, hop, generator=torch.Generator().manual_seed(5), dtype=torch.float64)
+    results = []
+    for dtype in (torch.float32, torch.float64):
+        leaves = [t.to(dtype).requires_grad_() for t in inputs64]
+        assert synth._use_kernel(leaves[0], hop) == (dtype == torch.float32)
+        y = synth._HarmonicBank.apply(*leaves, hop)
+        (y * w.to(dtype)).sum().backward()
+        results.append([y.detach().double()] + [t.grad.double() for t in leaves])
+    for got, ref in zip(*results):
+        scale = ref.abs().max()
+        assert (got - ref).abs().max() <= 1e-4 * scale
+
+
+def test_harmonic_synth_equals_naive_audio_rate_reference(bank_path):
     """Random smooth f0 (100..3000 Hz, so many frames need few partials) and random distributions:
     the frame-wise bank must equal summing every partial at audio rate (frequency and amplitude
     linearly interpolated between frames, phase = 2*pi * integral of frequency)."""

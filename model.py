@@ -151,7 +151,11 @@ def split_linear(parts, weight: torch.Tensor, bias: torch.Tensor | None = None) 
     own columns of the weight through a chain of `addmm`s, so autograd keeps the parts themselves (which
     their producers keep anyway) instead of a concatenated copy (62.5 MB for the GRU input at batch
     16 x 4 s), at the same speed. (Adding in place instead would make backward copy the gradient.)
+    Under autocast it concatenates after all: the chain would round every partial sum to bfloat16, and
+    autocast keeps bfloat16 copies of the parts anyway.
     """
+    if torch.is_autocast_enabled(parts[0].device.type):
+        return F.linear(torch.cat(parts, dim=-1), weight, bias)
     lead, out, start = parts[0].shape[:-1], None, 0
     for part in parts:
         w = weight[:, start:start + part.shape[-1]].t()
@@ -163,7 +167,7 @@ def split_linear(parts, weight: torch.Tensor, bias: torch.Tensor | None = None) 
         start += part.shape[-1]
     if start != weight.shape[1]:
         raise ValueError(f"parts have {start} features in all, the weight takes {weight.shape[1]}")
-    return out.view(*lead, -1)
+    return out.view(*lead, weight.shape[0])
 
 
 def run_gru(gru: nn.GRU, x, h0: torch.Tensor | None = None):
@@ -268,9 +272,9 @@ class NeuralGuitar(nn.Module):
              new state)
         """
         f0, ld = self.scale_inputs(f0_hz, loudness_db)
-        # x = [f0 features, loudness features] ([B, F, 2H]) is never concatenated: the layers that read
-        # it (core input, out_mlp's first Linear, which reads [core output, x]) take its parts through
-        # `split_linear`, so backward keeps no concatenated copies (62.5 + 94 MB at batch 16 x 4 s).
+        # x = [f0 features, loudness features] ([B, F, 2H]): the layers that read it (core input, out_mlp's
+        # first Linear, which reads [core output, x]) take its parts through `split_linear`, so CPU float32
+        # training keeps no concatenated copies for backward (62.5 + 94 MB at batch 16 x 4 s).
         x = [self.f0_mlp(f0), self.loudness_mlp(ld)]
         if self.config["decoder"] == "gru":
             y, state = run_gru(self.core, x, state)

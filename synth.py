@@ -181,11 +181,25 @@ _S3, _S5, _S7, _S9, _S11, _S13 = (np.float32((-1) ** j / math.factorial(2 * j + 
 KERNEL_MAX_HOP = 8192  # |phase| < 2pi + 1.5 pi hop (omega, |domega| < pi): |q| < 2^14, inside 2^15
 
 
-@numba.njit(fastmath={"contract"}, cache=True)
+def _jit(**options):
+    """`numba.njit(**options)` with the machine code cached on disk (in `__pycache__` next to this file, else
+    numba's user cache folder); where neither is writable (a read-only install), numba refuses to cache and
+    the function is compiled once per process instead."""
+    def wrap(fn):
+        try:
+            return numba.njit(cache=True, **options)(fn)
+        except RuntimeError:  # "cannot cache function ...: no locator available"
+            return numba.njit(**options)(fn)
+    return wrap
+
+
+@_jit(fastmath={"contract"})
 def _bank_kernel(theta0, omega, domega, amp0, amp1, n_partials, y):  # pragma: no cover (compiled)
     """y[m, n] = sum_{k < n_partials[m]} a[m, k, n] sin(theta[m, k, n]) (see `_HarmonicBank`), float32.
 
     theta0, omega, domega, amp0, amp1: [M, K] float32; n_partials: [M] int64; y: [M, hop] float32 (out).
+    Phases must stay below 2^15 pi in magnitude (true for theta0 in [0, 2pi), |omega|, |domega| < pi and
+    hop <= KERNEL_MAX_HOP; far larger ones overflow the range reduction). NaN or inf in gives NaN out.
     Per sample: 2 FMAs of phase, ~12 of sine, 2 of amplitude ramp and accumulation, all in registers.
     """
     hop = y.shape[1]
@@ -211,17 +225,18 @@ def _bank_kernel(theta0, omega, domega, amp0, amp1, n_partials, y):  # pragma: n
     return y
 
 
-def _use_kernel(x: torch.Tensor, hop: int) -> bool:
-    """The numba kernel renders CPU float32 banks; anything else (CUDA, float64) takes the torch path."""
-    return x.device.type == "cpu" and x.dtype == torch.float32 and hop <= KERNEL_MAX_HOP
+def _use_kernel(inputs, hop: int) -> bool:
+    """The numba kernel renders CPU banks whose five inputs are all float32; anything else (CUDA, float64,
+    bfloat16, mixed) takes the torch path."""
+    return all(t.device.type == "cpu" and t.dtype == torch.float32 for t in inputs) and hop <= KERNEL_MAX_HOP
 
 
 def _last_live(amp0: torch.Tensor, amp1: torch.Tensor) -> np.ndarray:
     """[M] int64: 1-based index of each frame's last partial with a non-zero amplitude (0 = silent).
-    (numpy on CPU: 8x faster than torch's boolean ops at this size.)"""
+    (numpy for CPU float32/float64: 8x faster than torch's boolean ops at this size.)"""
     K = amp0.shape[1]
-    if amp0.device.type == "cpu":
-        live = (amp0.detach().numpy() != 0) | (amp1.detach().numpy() != 0)
+    if all(t.device.type == "cpu" and t.dtype in (torch.float32, torch.float64) for t in (amp0, amp1)):
+        live = (amp0.detach().resolve_neg().numpy() != 0) | (amp1.detach().resolve_neg().numpy() != 0)
         return np.where(live.any(1), K - np.argmax(live[:, ::-1], axis=1), 0).astype(np.int64)
     live = (amp0 != 0) | (amp1 != 0)
     return (live * torch.arange(1, K + 1, device=amp0.device)).amax(dim=1).cpu().numpy()
@@ -244,8 +259,9 @@ class _HarmonicBank(torch.autograd.Function):
       Per chunk: one matmul makes the phases `[m, k, hop]` (partial-major, so each partial's samples
       are contiguous), one in-place sine, one batched matmul with the two amplitude ramps.
     Backward recomputes the sines/cosines chunk by chunk: nothing of size [M, K, hop] is stored.
-    Exact-zero amplitudes past a frame's last live partial are treated as structural zeros: their gradient
-    is returned as 0 (right for the synthesizer, where they come from the Nyquist mask).
+    Partials past the count a frame is rendered with (its last live partial, rounded up to `WIDTH` in the
+    torch path) have exact-zero amplitudes and are treated as structural zeros: their gradient is returned
+    as 0 (right for the synthesizer, where they come from the Nyquist mask).
     """
 
     CHUNK_ELEMENTS = 1 << 20  # phases per chunk (4 MB float32), reused buffer: fewest passes measured
@@ -307,7 +323,7 @@ class _HarmonicBank(torch.autograd.Function):
         ctx.save_for_backward(*inputs)
         ctx.hop = hop
         M, K = theta0.shape
-        if _use_kernel(theta0, hop):
+        if _use_kernel(inputs, hop):
             y = theta0.new_empty(M, hop)
             _bank_kernel(*(t.detach().contiguous().numpy() for t in inputs), _last_live(amp0, amp1), y.numpy())
             return y

@@ -245,6 +245,22 @@ def test_split_linear_equals_linear_of_the_concatenation(bias):
         model_mod.split_linear(parts[:2], lin.weight, lin.bias)
 
 
+def test_split_linear_under_autocast_and_with_no_frames():
+    """Under bf16 autocast it is exactly autocast's own linear of the concatenation (no bf16 rounding of
+    partial sums); zero frames give a [B, 0, O] result."""
+    torch.manual_seed(3)
+    parts = [torch.randn(2, 9, n, requires_grad=True) for n in (4, 6)]
+    lin = torch.nn.Linear(10, 5)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        got = model_mod.split_linear(parts, lin.weight, lin.bias)
+        want = lin(torch.cat(parts, dim=-1))
+    assert got.dtype == torch.bfloat16 and torch.equal(got, want)
+    got.float().sum().backward()
+    assert all(p.grad is not None and torch.isfinite(p.grad).all() for p in parts)
+    empty = [torch.zeros(2, 0, n) for n in (4, 6)]
+    assert model_mod.split_linear(empty, lin.weight, lin.bias).shape == (2, 0, 5)
+
+
 @pytest.mark.parametrize("grad", [False, True])
 def test_decode_equals_the_concatenated_decoder(grad):
     """decode never concatenates [f0 features, loudness features] (nor [core output, x]): its controls

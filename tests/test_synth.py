@@ -25,10 +25,15 @@ pytestmark = pytest.mark.usefixtures("single_thread")
 @pytest.fixture(params=["kernel", "torch"])
 def bank_path(request, monkeypatch):
     """Run a test through both renderers of the bank's forward: the fused CPU kernel (float32 on CPU)
-    and the chunked torch path (CUDA, float64 and every backward)."""
+    and the chunked torch path (CUDA, float64 and every backward); checks afterwards that the kernel
+    really rendered (or really did not)."""
+    calls = []
+    kernel = synth._bank_kernel
+    monkeypatch.setattr(synth, "_bank_kernel", lambda *a: calls.append(1) or kernel(*a))
     if request.param == "torch":
-        monkeypatch.setattr(synth, "_use_kernel", lambda x, hop: False)
-    return request.param
+        monkeypatch.setattr(synth, "_use_kernel", lambda inputs, hop: False)
+    yield request.param
+    assert bool(calls) == (request.param == "kernel")
 
 
 def make_harmonic(n_harmonics: int, b: float = 1e-12) -> synth.HarmonicSynthesizer:
@@ -381,9 +386,50 @@ def test_kernel_sine_matches_float64_sine_over_the_phase_range():
     M = len(x)
     t0 = torch.from_numpy(x)[:, None]
     zero, one = torch.zeros(M, 1), torch.ones(M, 1)
-    assert synth._use_kernel(t0, 1)
+    assert synth._use_kernel([t0, zero, zero, one, one], 1)
     y = synth._HarmonicBank.apply(t0, zero, zero, one, one, 1)[:, 0].double().numpy()
     assert np.abs(y - np.sin(x.astype(np.float64))).max() < 2e-7  # numpy's float32 sine: 7e-8
+
+
+def test_bank_inputs_the_kernel_does_not_take_render_through_the_torch_path():
+    """bfloat16 and hops past KERNEL_MAX_HOP take the torch path and still render the formula; mixed
+    float32/float64 inputs never reach the float32-only kernel (no second compiled specialisation)."""
+    M, K, hop = 6, 5, 16
+    t0, w, dw, a0, a1, _ = _bank_inputs(M, K, hop, seed=6, dtype=torch.float64, active=[5, 0, 3, 5, 1, 2])
+    n = np.arange(hop)[None, :, None]
+    th = t0.numpy()[:, None] + w.numpy()[:, None] * n + dw.numpy()[:, None] * n ** 2 / (2 * hop)
+    ref = ((a0.numpy()[:, None] * (1 - n / hop) + a1.numpy()[:, None] * n / hop) * np.sin(th)).sum(-1)
+    bf = [t.to(torch.bfloat16) for t in (t0, w, dw, a0, a1)]
+    mixed = [t0.float(), w.float(), dw.float(), a0, a1]
+    assert not synth._use_kernel(bf, hop) and not synth._use_kernel(mixed, hop)
+    assert not synth._use_kernel([t.float() for t in bf], synth.KERNEL_MAX_HOP + 1)
+    y = synth._HarmonicBank.apply(*bf, hop)
+    assert y.dtype == torch.bfloat16
+    assert np.abs(y.double().numpy() - ref).max() < 0.05 * np.abs(ref).max()  # bf16 phases: ~3 digits
+
+
+def test_kernel_without_a_writable_cache_folder_compiles_per_process(tmp_path):
+    """A read-only install (no writable __pycache__, no user cache): numba refuses to cache, and synth must
+    still import and render (compiled in memory) instead of failing at import."""
+    import subprocess
+    import sys
+    from pathlib import Path
+    script = (
+        "import sys, tempfile\n"
+        f"sys.path.insert(0, {str(Path(synth.__file__).parent)!r})\n"
+        "def deny(*a, **k): raise PermissionError(13, 'read-only (simulated)')\n"
+        "tempfile.TemporaryFile = deny  # how numba probes a cache folder for writing\n"
+        "import torch, synth\n"
+        "x = torch.full((3, 1), 0.5); z = torch.zeros(3, 1)\n"
+        "y = synth._HarmonicBank.apply(x, z, z, x * 0 + 1, x * 0 + 1, 1)\n"
+        "print(float(y[0, 0]), synth._bank_kernel._cache.__class__.__name__)\n")
+    env = {**__import__("os").environ, "NUMBA_CACHE_DIR": str(tmp_path / "unused")}
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env, timeout=300)
+    assert out.returncode == 0, out.stderr[-2000:]
+    value, cache = out.stdout.split()
+    assert float(value) == pytest.approx(math.sin(0.5), abs=2e-7)
+    assert cache == "NullCache"  # compiled in memory, nothing written
+    assert not [p for p in tmp_path.rglob("*") if p.is_file()]
 
 
 def test_float32_kernel_forward_with_torch_backward_matches_float64():
@@ -396,7 +442,7 @@ def test_float32_kernel_forward_with_torch_backward_matches_float64():
     results = []
     for dtype in (torch.float32, torch.float64):
         leaves = [t.to(dtype).requires_grad_() for t in inputs64]
-        assert synth._use_kernel(leaves[0], hop) == (dtype == torch.float32)
+        assert synth._use_kernel(leaves, hop) == (dtype == torch.float32)
         y = synth._HarmonicBank.apply(*leaves, hop)
         (y * w.to(dtype)).sum().backward()
         results.append([y.detach().double()] + [t.grad.double() for t in leaves])

@@ -52,6 +52,37 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
         raise
 
 
+def check_output_path(path: str | os.PathLike, flag: str, is_dir: bool = False) -> Path:
+    """Check, before any work, that `path` can be written as an output file (or folder, `is_dir`).
+
+    Raises UserError (one line naming `flag`, the path and the fix) when a parent is an existing file,
+    a file is wanted where a folder exists (or the reverse), or the nearest existing folder cannot be
+    written to (permission, read-only file system): probed with `os.access` and by creating and removing
+    a temporary file there, since root passes permission checks but not a read-only mount. Nothing is
+    left behind; folders are not created here. Returns `Path(path)`.
+    """
+    p = Path(path)
+    existing = p
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    if existing != p and not existing.is_dir():
+        raise UserError(f"{flag} {path}: {existing} is a file, not a folder; choose a location under a folder")
+    if existing == p and p.is_dir() != is_dir:
+        what = "is a folder; give a file name" if p.is_dir() else "is a file; give a folder"
+        raise UserError(f"{flag} {path}: {what}")
+    folder = existing if existing.is_dir() else existing.parent
+    try:
+        if not os.access(folder, os.W_OK):
+            raise PermissionError(13, "permission denied")
+        fd, probe = tempfile.mkstemp(prefix=".write-test-", suffix=".tmp", dir=folder)
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as e:
+        raise UserError(f"{flag} {path}: cannot write in {folder}/ ({e.strerror or e}); "
+                        f"choose a writable location") from None
+    return p
+
+
 def atomic_torch_save(obj, path: str | os.PathLike) -> None:
     """`torch.save(obj, path)` that never leaves a partial file at `path`."""
     with atomic_path(path) as tmp:

@@ -13,7 +13,9 @@ Panels, sharing the time axis:
   3. periodicity (CREPE confidence) with the voicing threshold;
   4. A-weighted loudness in dB.
 The title gives the file name, duration, voiced ratio and the f0 range (5th-95th percentile of voiced
-frames) in Hz and note names.
+frames) in Hz and note names. Frames that cannot be drawn (NaN or Inf; f0 <= 0 Hz) are left as gaps,
+with a note. A file that cannot be plotted (not a feature file, frame count that does not match its
+audio) is one line naming it; `--all` skips it and goes on, and exits 1 only when nothing was plotted.
 """
 from __future__ import annotations
 

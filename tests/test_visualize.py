@@ -1,4 +1,5 @@
-"""visualize_features.py: the QC plot is written atomically, decodes, and is not blank."""
+"""visualize_features.py: the QC plot is written atomically, decodes, and is not blank; NaN frames are
+gaps; unusable files and output folders are one line each, checked before any work."""
 import re
 import sys
 from pathlib import Path

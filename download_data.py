@@ -45,7 +45,7 @@ import numpy as np
 import requests
 from tqdm import tqdm
 
-from utils import HelpFormatter, UserError, atomic_path, run_main
+from utils import HelpFormatter, UserError, atomic_path, check_output_path, run_main
 
 ZENODO_RECORD = "https://zenodo.org/record/3371780"
 ZENODO_FILES = f"{ZENODO_RECORD}/files"
@@ -369,6 +369,41 @@ def split_strings(path: Path, silence_db: float) -> tuple[list[Path], list[int]]
     return written, silent
 
 
+def _write_members(zf: zipfile.ZipFile, wanted: list[zipfile.ZipInfo], tmp: Path, label: str,
+                   hex_split: bool, silence_db: float) -> tuple[list[Path], int]:
+    """Write the `wanted` members under folder `tmp` (hex WAVs split into strings when `hex_split`).
+    Returns (paths written, number of silent strings left out)."""
+    produced: list[Path] = []
+    silent_total = 0
+    with tqdm(total=sum(m.file_size for m in wanted), unit="B", unit_scale=True, unit_divisor=1024,
+              desc=f"extract {label}", leave=False) as bar:
+        for m in wanted:
+            out = tmp / m.filename.replace("\\", "/")
+            out.parent.mkdir(parents=True, exist_ok=True)
+            with zf.open(m) as fin, open(out, "wb") as fout:
+                for block in iter(lambda: fin.read(2**20), b""):
+                    fout.write(block)
+                    bar.update(len(block))
+            if hex_split and out.suffix.lower() == ".wav":
+                written, silent = split_strings(out, silence_db)
+                produced += written
+                silent_total += len(silent)
+            else:
+                produced.append(out)
+    return produced, silent_total
+
+
+def _move_into_place(tmp: Path, produced: list[Path], target: Path) -> list[Path]:
+    """Move every path of `produced` (under `tmp`) to the same place under `target`; each move is an atomic
+    rename. Returns the paths relative to `target`."""
+    rel = [p.relative_to(tmp) for p in produced]
+    for r in rel:
+        final = target / r
+        final.parent.mkdir(parents=True, exist_ok=True)
+        os.replace(tmp / r, final)
+    return rel
+
+
 def extract(archive_path: Path, target: Path, styles: str = "all", hex_split: bool = False,
             silence_db: float = -60.0) -> list[str]:
     """Extract the wanted members of a verified archive into `target`, all or nothing.
@@ -391,28 +426,8 @@ def extract(archive_path: Path, target: Path, styles: str = "all", hex_split: bo
             raise UserError(f"{archive_path.name}: no member matches --styles {styles}; nothing extracted")
         tmp = Path(tempfile.mkdtemp(prefix=".extract-", dir=target))
         try:
-            produced: list[Path] = []
-            silent_total = 0
-            with tqdm(total=sum(m.file_size for m in wanted), unit="B", unit_scale=True, unit_divisor=1024,
-                      desc=f"extract {archive_path.name}", leave=False) as bar:
-                for m in wanted:
-                    out = tmp / m.filename.replace("\\", "/")
-                    out.parent.mkdir(parents=True, exist_ok=True)
-                    with zf.open(m) as fin, open(out, "wb") as fout:
-                        for block in iter(lambda: fin.read(2**20), b""):
-                            fout.write(block)
-                            bar.update(len(block))
-                    if hex_split and out.suffix.lower() == ".wav":
-                        written, silent = split_strings(out, silence_db)
-                        produced += written
-                        silent_total += len(silent)
-                    else:
-                        produced.append(out)
-            rel = [p.relative_to(tmp) for p in produced]
-            for r in rel:  # all written: move into place (each move is an atomic rename)
-                final = target / r
-                final.parent.mkdir(parents=True, exist_ok=True)
-                os.replace(tmp / r, final)
+            produced, silent_total = _write_members(zf, wanted, tmp, archive_path.name, hex_split, silence_db)
+            rel = _move_into_place(tmp, produced, target)  # only once all were written
         except zipfile.BadZipFile as e:
             raise UserError(f"{archive_path.name} is damaged ({e}); delete it and run again")
         except (RuntimeError, NotImplementedError) as e:  # encrypted / unsupported compression
@@ -502,7 +517,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.retries < 0 or args.retry_wait < 0:
         raise UserError("--retries and --retry-wait must be >= 0")
 
-    out = Path(args.output_dir)
+    out = check_output_path(args.output_dir, "--output_dir", is_dir=True)
     for subset in subsets:
         archive = ARCHIVES[subset]
         md5 = (args.md5 or archive.md5).lower()

@@ -36,10 +36,11 @@ import subprocess
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 
-from utils import HelpFormatter, UserError, atomic_path, atomic_write_wav, run_main
+from utils import HelpFormatter, UserError, atomic_path, atomic_write_wav, check_output_path, run_main
 
 DEFAULT_SOUNDFONT = "/usr/share/sounds/sf2/FluidR3_GM.sf2"
 INSTALL_HINT = "install it with: sudo apt-get install fluidsynth fluid-soundfont-gm"
@@ -96,6 +97,46 @@ class Note:
                 "pitch": self.pitch, "velocity": self.velocity}
 
 
+def _scale_pitches(rng: np.random.Generator, low_note: int, high_note: int) -> list[int]:
+    """The MIDI notes in [low_note, high_note] of a random scale in a random key (every semitone when the
+    range is so narrow that it misses the scale)."""
+    scale_name = list(SCALES)[rng.choice(len(SCALES), p=_SCALE_WEIGHTS / _SCALE_WEIGHTS.sum())]
+    key = int(rng.integers(12))
+    pitches = [p for p in range(low_note, high_note + 1) if (p - key) % 12 in SCALES[scale_name]]
+    return pitches or list(range(low_note, high_note + 1))
+
+
+def _next_index(rng: np.random.Generator, idx: int, n: int) -> int:
+    """Melodic motion over a list of `n` pitches: repeat, step, skip or leap up or down from `idx`,
+    bouncing off the ends of the list."""
+    r = rng.random()
+    if r < 0.12:
+        step = 0  # repeated note
+    elif r < 0.60:
+        step = 1  # scale step
+    elif r < 0.80:
+        step = 2
+    else:
+        step = int(rng.integers(3, 8))  # leap of a 4th..octave or so
+    step *= 1 if rng.random() < 0.5 else -1
+    idx += step
+    if idx < 0 or idx >= n:  # bounce off the range edges
+        idx -= 2 * step
+    return min(max(idx, 0), n - 1)
+
+
+def _sounding_ms(rng: np.random.Generator, slot: int) -> int:
+    """How long a note sounds within its `slot` (ms): legato (the whole slot), detached or staccato."""
+    a = rng.random()
+    if a < 0.45:
+        sounding = slot  # legato: ends exactly where the next note (or rest) begins
+    elif a < 0.80:
+        sounding = int(slot * rng.uniform(0.6, 0.95))  # detached
+    else:
+        sounding = int(slot * rng.uniform(0.25, 0.6))  # staccato
+    return max(40, min(sounding, slot))
+
+
 def make_phrase(seed: int, index: int, low_note: int, high_note: int,
                 min_seconds: float, max_seconds: float, tail_seconds: float) -> tuple[list[Note], int]:
     """Random monophonic melody number `index` for `seed`.
@@ -109,15 +150,9 @@ def make_phrase(seed: int, index: int, low_note: int, high_note: int,
     target_ms = int(round(1000 * rng.uniform(min_seconds, max_seconds)))
     tail_ms = int(round(1000 * tail_seconds))
     end_limit = target_ms - tail_ms  # last note-off must come before this
-
-    scale_name = list(SCALES)[rng.choice(len(SCALES), p=_SCALE_WEIGHTS / _SCALE_WEIGHTS.sum())]
-    key = int(rng.integers(12))
-    pitches = [p for p in range(low_note, high_note + 1) if (p - key) % 12 in SCALES[scale_name]]
-    if not pitches:  # a very narrow range that misses the scale: use every semitone
-        pitches = list(range(low_note, high_note + 1))
+    pitches = _scale_pitches(rng, low_note, high_note)
     n = len(pitches)
     idx = int(rng.integers(n // 4, max(n // 4 + 1, 3 * n // 4 + 1)))  # start in the middle half
-
     beat_ms = 60000.0 / rng.uniform(70.0, 150.0)
     base_velocity = float(rng.integers(55, 111))
     t = int(rng.integers(100, 500))  # lead-in silence
@@ -127,28 +162,8 @@ def make_phrase(seed: int, index: int, low_note: int, high_note: int,
         if t + slot > end_limit:
             break
         if notes:
-            r = rng.random()
-            if r < 0.12:
-                step = 0  # repeated note
-            elif r < 0.60:
-                step = 1  # scale step
-            elif r < 0.80:
-                step = 2
-            else:
-                step = int(rng.integers(3, 8))  # leap of a 4th..octave or so
-            step *= 1 if rng.random() < 0.5 else -1
-            idx += step
-            if idx < 0 or idx >= n:  # bounce off the range edges
-                idx -= 2 * step
-            idx = min(max(idx, 0), n - 1)
-        a = rng.random()
-        if a < 0.45:
-            sounding = slot  # legato: ends exactly where the next note (or rest) begins
-        elif a < 0.80:
-            sounding = int(slot * rng.uniform(0.6, 0.95))  # detached
-        else:
-            sounding = int(slot * rng.uniform(0.25, 0.6))  # staccato
-        sounding = max(40, min(sounding, slot))
+            idx = _next_index(rng, idx, n)
+        sounding = _sounding_ms(rng, slot)
         base_velocity = float(np.clip(base_velocity + rng.normal(0.0, 4.0), 40, 120))
         velocity = int(np.clip(round(base_velocity + rng.normal(0.0, 10.0)), 20, 127))
         notes.append(Note(t, t + sounding, pitches[idx], velocity))
@@ -329,19 +344,37 @@ def _load_json(path: Path) -> dict | None:
         return None
 
 
-def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    soundfont = args.soundfont
-    exe = None if args.list_programs else find_fluidsynth()
+class Phrase(NamedTuple):
+    """One planned phrase: its index (for the seed), file name stem, notes and file length (ms)."""
+
+    index: int
+    name: str
+    notes: list[Note]
+    duration_ms: int
+
+
+def plan_phrases(args) -> list[Phrase]:
+    """Phrases 0, 1, ... until their total length reaches --minutes."""
+    plan: list[Phrase] = []
+    total_ms, target_ms = 0, args.minutes * 60_000
+    while total_ms < target_ms:
+        i = len(plan)
+        notes, duration_ms = make_phrase(args.seed, i, args.low_note, args.high_note,
+                                         args.phrase_seconds[0], args.phrase_seconds[1], args.tail_seconds)
+        plan.append(Phrase(i, f"{args.prefix}_s{args.seed}_{i:04d}", notes, duration_ms))
+        total_ms += duration_ms
+    return plan
+
+
+def load_presets(soundfont: str) -> dict[tuple[int, int], str]:
+    """{(bank, program): name} of the SoundFont file, or UserError (not found, not a SoundFont)."""
     if not Path(soundfont).is_file():
         raise UserError(f"--soundfont {soundfont}: file not found; {INSTALL_HINT} (or pass --soundfont PATH.sf2)")
-    presets = read_sf2_presets(soundfont)
-    if args.list_programs:
-        for (bank, program), name in sorted(presets.items()):
-            if bank == 0:
-                print(f"{program:3d}  {name}")
-        return 0
+    return read_sf2_presets(soundfont)
 
+
+def resolve_programs(args, presets: dict) -> list[int]:
+    """[--program, *--also_program] after filling in the note range defaults and checking every flag."""
     programs = [args.program] + _parse_programs(args.also_program)
     lo_default, hi_default = default_note_range(args.program)
     args.low_note = lo_default if args.low_note is None else args.low_note
@@ -349,89 +382,125 @@ def main(argv: list[str] | None = None) -> int:
     _check_args(args, programs)
     for program in programs:
         if (0, program) not in presets:
-            raise UserError(f"program {program}: {soundfont} has no bank-0 preset with that number; "
+            raise UserError(f"program {program}: {args.soundfont} has no bank-0 preset with that number; "
                             "see --list_programs")
+    return programs
 
+
+def phrase_meta(args, presets: dict, program: int, phrase: Phrase) -> dict:
+    """The requested settings and ground truth of one phrase file (its JSON without the measured keys)."""
+    return {
+        "version": DATA_VERSION, "tool": "make_soundfont_data.py",
+        "soundfont": os.path.basename(args.soundfont), "program": program,
+        "program_name": presets[(0, program)], "sample_rate": args.sample_rate, "gain": args.gain,
+        "reverb": args.reverb, "chorus": args.chorus, "seed": args.seed, "phrase_index": phrase.index,
+        "duration_s": phrase.duration_ms / 1000.0, "notes": [n.to_json() for n in phrase.notes],
+    }
+
+
+def render_mono(exe: str, args, mid_path: Path, duration_ms: int) -> np.ndarray:
+    """Render the MIDI file with fluidsynth and return mono float32 [n] at --sample_rate, cut or zero-padded
+    to exactly `duration_ms`. fluidsynth's stereo file is a temporary next to `mid_path`, always removed."""
     import soundfile as sf
+
+    fd, raw = tempfile.mkstemp(prefix=f".{mid_path.stem}.", suffix=".render.wav", dir=mid_path.parent)
+    os.close(fd)
+    try:
+        render_midi(exe, args.soundfont, mid_path, Path(raw), args.sample_rate, args.gain, args.reverb, args.chorus)
+        audio, sr = sf.read(raw, dtype="float32", always_2d=True)
+    finally:
+        Path(raw).unlink(missing_ok=True)
+    if sr != args.sample_rate:
+        raise UserError(f"fluidsynth wrote {sr} Hz instead of {args.sample_rate} Hz for {mid_path}")
+    n = int(round(duration_ms * args.sample_rate / 1000))
+    mono = audio.mean(axis=1)
+    return np.pad(mono[:n], (0, max(0, n - len(mono))))
+
+
+def level_and_measure(mono: np.ndarray, meta: dict, wav_path: Path, sample_rate: int) -> np.ndarray:
+    """Scale `mono` [n] below 0.999 if it clips (recorded as meta["scale"]) and store its peak and RMS
+    (linear, full scale 1.0) in `meta`; notes when it clipped or is still sounding at its end."""
     from tqdm import tqdm
 
-    # Phrase plan: phrase i until the total reaches --minutes.
-    plan: list[tuple[int, str, list[Note], int]] = []
-    total_ms, target_ms = 0, args.minutes * 60_000
-    while total_ms < target_ms:
-        i = len(plan)
-        notes, duration_ms = make_phrase(args.seed, i, args.low_note, args.high_note,
-                                         args.phrase_seconds[0], args.phrase_seconds[1], args.tail_seconds)
-        plan.append((i, f"{args.prefix}_s{args.seed}_{i:04d}", notes, duration_ms))
-        total_ms += duration_ms
+    n = len(mono)
+    peak = float(np.max(np.abs(mono))) if n else 0.0
+    meta["scale"] = 1.0
+    if peak > 0.999:  # keep it unclipped in 16-bit; the JSON's "scale" records the factor
+        meta["scale"] = 0.999 / peak
+        mono = mono * meta["scale"]
+        tqdm.write(f"note: {wav_path} peaked at {peak:.2f}; scaled to 0.999 (lower --gain to avoid)")
+    meta["peak"] = float(np.max(np.abs(mono))) if n else 0.0
+    meta["rms"] = float(np.sqrt(np.mean(mono.astype(np.float64) ** 2))) if n else 0.0
+    last = mono[-max(1, sample_rate // 20):]  # the final 50 ms should be (near) silent
+    if n and np.sqrt(np.mean(last.astype(np.float64) ** 2)) > 1e-3 * max(meta["peak"], 1e-9):
+        tqdm.write(f"note: {wav_path} is still sounding at its end; raise --tail_seconds")
+    return mono
 
-    out_root = Path(args.output_dir)
-    targets = [(program, out_root if k == 0 else out_root / f"program{program}") for k, program in enumerate(programs)]
-    rendered = skipped = 0
-    stats = {program: [] for program in programs}  # (duration_s, rms, peak)
-    jobs = [(program, folder, item) for item in plan for program, folder in targets]
-    for program, folder, (index, name, notes, duration_ms) in tqdm(jobs, desc="phrases", unit="file",
-                                                              dynamic_ncols=True):
-        folder.mkdir(parents=True, exist_ok=True)
-        meta = {
-            "version": DATA_VERSION, "tool": "make_soundfont_data.py",
-            "soundfont": os.path.basename(soundfont), "program": program,
-            "program_name": presets[(0, program)], "sample_rate": args.sample_rate, "gain": args.gain,
-            "reverb": args.reverb, "chorus": args.chorus, "seed": args.seed, "phrase_index": index,
-            "duration_s": duration_ms / 1000.0, "notes": [n.to_json() for n in notes],
-        }
-        wav_path, mid_path, json_path = (folder / f"{name}{ext}" for ext in (".wav", ".mid", ".json"))
-        old = _load_json(json_path)
-        if old is not None and wav_path.exists() and mid_path.exists() and \
-                {k: v for k, v in old.items() if k not in _MEASURED} == meta:
-            stats[program].append((meta["duration_s"], old.get("rms", 0.0), old.get("peak", 0.0)))
-            skipped += 1
-            continue
 
-        with atomic_path(mid_path) as tmp:
-            tmp.write_bytes(midi_bytes(notes, program, duration_ms))
-        fd, raw = tempfile.mkstemp(prefix=f".{name}.", suffix=".render.wav", dir=folder)
-        os.close(fd)
-        try:  # fluidsynth's stereo float output; only the mono WAV below is kept
-            render_midi(exe, soundfont, mid_path, Path(raw), args.sample_rate, args.gain,
-                        args.reverb, args.chorus)
-            audio, sr = sf.read(raw, dtype="float32", always_2d=True)
-        finally:
-            Path(raw).unlink(missing_ok=True)
-        if sr != args.sample_rate:
-            raise UserError(f"fluidsynth wrote {sr} Hz instead of {args.sample_rate} Hz for {mid_path}")
-        mono = audio.mean(axis=1)
-        n = int(round(duration_ms * args.sample_rate / 1000))
-        mono = np.pad(mono[:n], (0, max(0, n - len(mono))))
-        peak = float(np.max(np.abs(mono))) if n else 0.0
-        meta["scale"] = 1.0
-        if peak > 0.999:  # keep it unclipped in 16-bit; the JSON's "scale" records the factor
-            meta["scale"] = 0.999 / peak
-            mono *= meta["scale"]
-            tqdm.write(f"note: {wav_path} peaked at {peak:.2f}; scaled to 0.999 (lower --gain to avoid)")
-        meta["peak"] = float(np.max(np.abs(mono))) if n else 0.0
-        meta["rms"] = float(np.sqrt(np.mean(mono.astype(np.float64) ** 2))) if n else 0.0
-        last = mono[-max(1, args.sample_rate // 20):]  # the final 50 ms should be (near) silent
-        if n and np.sqrt(np.mean(last.astype(np.float64) ** 2)) > 1e-3 * max(meta["peak"], 1e-9):
-            tqdm.write(f"note: {wav_path} is still sounding at its end; raise --tail_seconds")
-        atomic_write_wav(wav_path, mono, args.sample_rate)
-        with atomic_path(json_path) as tmp:
-            tmp.write_text(json.dumps(meta, indent=1) + "\n")
-        stats[program].append((meta["duration_s"], meta["rms"], meta["peak"]))
-        rendered += 1
+def make_phrase_files(exe: str, args, presets: dict, program: int, folder: Path, phrase: Phrase) -> tuple[dict, bool]:
+    """Write `<name>.mid/.wav/.json` of one phrase in `folder` (atomically) unless they already exist with
+    the same notes and settings. Returns (its JSON dict, True when rendered now / False when skipped)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    meta = phrase_meta(args, presets, program, phrase)
+    wav_path, mid_path, json_path = (folder / f"{phrase.name}{ext}" for ext in (".wav", ".mid", ".json"))
+    old = _load_json(json_path)
+    if old is not None and wav_path.exists() and mid_path.exists() and \
+            {k: v for k, v in old.items() if k not in _MEASURED} == meta:
+        return old, False
+    with atomic_path(mid_path) as tmp:
+        tmp.write_bytes(midi_bytes(phrase.notes, program, phrase.duration_ms))
+    mono = render_mono(exe, args, mid_path, phrase.duration_ms)
+    mono = level_and_measure(mono, meta, wav_path, args.sample_rate)
+    atomic_write_wav(wav_path, mono, args.sample_rate)
+    with atomic_path(json_path) as tmp:
+        tmp.write_text(json.dumps(meta, indent=1) + "\n")
+    return meta, True
 
+
+def report(targets: list[tuple[int, Path]], presets: dict, stats: dict, counts: dict, args,
+           plan: list[Phrase]) -> None:
+    """Per program: files, minutes, RMS range and peak; files rendered / skipped; then a note on older
+    phrases of this seed beyond --minutes."""
     for program, folder in targets:
         rows = np.array(stats[program]).reshape(-1, 3)
         rms_db = 20 * np.log10(np.maximum(rows[:, 1], 1e-9))
         print(f"program {program} ({presets[(0, program)]}): {len(rows)} files, "
               f"{rows[:, 0].sum() / 60:.2f} min, RMS {rms_db.min():.1f}..{rms_db.max():.1f} dBFS, "
               f"max peak {rows[:, 2].max():.3f} -> {folder}")
-    print(f"rendered {rendered}, skipped (already done) {skipped}")
-    planned = {name for _, name, _, _ in plan}
+    print(f"rendered {counts[True]}, skipped (already done) {counts[False]}")
+    out_root = Path(args.output_dir)
+    planned = {phrase.name for phrase in plan}
     stale = [p for p in out_root.glob(f"{args.prefix}_s{args.seed}_*.json") if p.stem not in planned]
     if stale:
         print(f"note: {out_root} also holds {len(stale)} older phrase(s) of this seed beyond --minutes "
               f"(e.g. {stale[0].name}); delete them if they should not be used")
+
+
+def main(argv: list[str] | None = None) -> int:
+    from tqdm import tqdm
+
+    args = build_parser().parse_args(argv)
+    if not args.list_programs:
+        check_output_path(args.output_dir, "--output_dir", is_dir=True)
+    exe = None if args.list_programs else find_fluidsynth()
+    presets = load_presets(args.soundfont)
+    if args.list_programs:
+        for (bank, program), name in sorted(presets.items()):
+            if bank == 0:
+                print(f"{program:3d}  {name}")
+        return 0
+    programs = resolve_programs(args, presets)
+    plan = plan_phrases(args)
+    out_root = Path(args.output_dir)
+    targets = [(program, out_root if k == 0 else out_root / f"program{program}") for k, program in enumerate(programs)]
+    counts = {True: 0, False: 0}  # rendered now / skipped (already done)
+    stats = {program: [] for program in programs}  # (duration_s, rms, peak)
+    jobs = [(program, folder, phrase) for phrase in plan for program, folder in targets]
+    for program, folder, phrase in tqdm(jobs, desc="phrases", unit="file", dynamic_ncols=True):
+        meta, rendered = make_phrase_files(exe, args, presets, program, folder, phrase)
+        stats[program].append((meta["duration_s"], meta.get("rms", 0.0), meta.get("peak", 0.0)))
+        counts[rendered] += 1
+    report(targets, presets, stats, counts, args, plan)
     return 0
 
 

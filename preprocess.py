@@ -16,17 +16,21 @@ nothing usable exists at the end.
 from __future__ import annotations
 
 import argparse
+import itertools
 import sys
 import time
 from collections import deque
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import closing
 from pathlib import Path
+from typing import Iterator
 
 import torch
 from tqdm import tqdm
 
 import features as fx
-from utils import HelpFormatter, UserError, atomic_torch_save, pick_device, run_main, torch_load
+from utils import (HelpFormatter, UserError, add_device_arguments, apply_threads, atomic_torch_save,
+                   check_output_path, pick_device, run_main, torch_load)
 
 REQUIRED_KEYS = ("audio", "f0_hz", "periodicity", "loudness_db", "sample_rate", "frame_rate", "hop", "source",
                  "crepe_model", "version")
@@ -50,6 +54,7 @@ def output_paths(files: list[Path], input_dir: Path, output_dir: Path) -> list[P
 
 
 def parse_shard(text: str) -> tuple[int, int]:
+    """'i/n' -> (i, n) with 0 <= i < n, or UserError."""
     try:
         i, n = (int(v) for v in text.split("/"))
     except ValueError:
@@ -109,7 +114,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--input_dir", required=True, help="folder with .wav/.flac/.ogg/.aiff files (searched recursively)")
     p.add_argument("--output_dir", default=None, help="where the .pt files go (None = data/processed/<input_dir name>)")
     p.add_argument("--model", choices=("full", "tiny"), default="full", help="CREPE model capacity")
-    p.add_argument("--device", default="auto", help="auto|cpu|cuda (auto = cuda if available)")
+    add_device_arguments(p, threads=0, threads_help="CREPE runs on torch: its convolutions over a batch of "
+                         "frames use every core")
     p.add_argument("--batch_size", type=int, default=fx.CREPE_BATCH_SIZE, help="CREPE frames per forward pass")
     p.add_argument("--crepe_hop", type=int, default=fx.CREPE_HOP,
                    help="samples between CREPE evaluations (64 = every control frame; 160 = 10 ms, see features.py)")
@@ -120,17 +126,109 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+def check_args(args) -> tuple[Path, Path, int, int]:
+    """Validate the flags before any work: (input_dir, output_dir, shard_i, shard_n), or UserError."""
     input_dir = Path(args.input_dir)
     if not input_dir.is_dir():
         raise UserError(f"--input_dir {input_dir}: folder not found; pass a folder of audio files "
                         "(e.g. data/raw/guitarset after download_data.py)")
     output_dir = Path(args.output_dir) if args.output_dir else Path("data/processed") / input_dir.resolve().name
+    check_output_path(output_dir, "--output_dir", is_dir=True)
     shard_i, shard_n = parse_shard(args.shard)
     if args.batch_size < 1 or args.crepe_hop < 1 or args.workers < 0:
         raise UserError("--batch_size and --crepe_hop must be >= 1 and --workers >= 0")
+    return input_dir, output_dir, shard_i, shard_n
+
+
+def split_done(jobs: list[tuple[Path, Path]], input_dir: Path, crepe_model: str) -> tuple[list, list]:
+    """(todo, skipped) lists of (audio path, output path, source): outputs that already load as valid
+    feature files are skipped; stale temporary files of a killed run are removed on the way."""
+    todo, skipped = [], []
+    for f, o in jobs:
+        remove_stale_tmp(o)
+        src = f.relative_to(input_dir).as_posix()
+        (skipped if is_valid_output(o, crepe_model, src) else todo).append((f, o, src))
+    return todo, skipped
+
+
+def loaded(todo: list, workers: int, min_seconds: float) -> Iterator[tuple[tuple, object]]:
+    """Yield (item, load_and_check result) for each item of `todo`, in order. With `workers` > 0 threads
+    load the next few files while the caller runs CREPE (bounded prefetch: a few files in memory)."""
+    if workers == 0:
+        for item in todo:
+            yield item, load_and_check(item[0], min_seconds)
+        return
+    pool = ThreadPoolExecutor(max_workers=workers)
+    try:
+        queue, items = deque(), iter(todo)
+        for item in itertools.islice(items, workers + 1):
+            queue.append((item, pool.submit(load_and_check, item[0], min_seconds)))
+        while queue:
+            item, fut = queue.popleft()
+            nxt = next(items, None)
+            if nxt is not None:
+                queue.append((nxt, pool.submit(load_and_check, nxt[0], min_seconds)))
+            yield item, fut.result()
+    finally:
+        pool.shutdown(wait=True, cancel_futures=True)
+
+
+def feature_record(path: Path, audio, loud, src: str, args, device) -> dict:
+    """The feature file's dict for input `path` (audio float32 [T] at 16 kHz, its loudness in dB [F]; see
+    the module docstring): runs CREPE."""
+    try:
+        feats = fx.extract_features(audio, args.model, device, args.batch_size, hop=args.crepe_hop,
+                                    loudness_db=loud)
+    except torch.cuda.OutOfMemoryError:
+        raise UserError(f"{path}: CUDA out of memory in CREPE; rerun with a smaller --batch_size "
+                        f"(now {args.batch_size})") from None
+    return {
+        "audio": torch.from_numpy(audio),
+        **feats,
+        "sample_rate": fx.SAMPLE_RATE,
+        "frame_rate": fx.FRAME_RATE,
+        "hop": fx.HOP,
+        "source": src,
+        "crepe_model": args.model,
+        "crepe_hop": int(args.crepe_hop),
+        "version": fx.FEATURE_VERSION,
+    }
+
+
+def save_record(record: dict, out_path: Path) -> None:
+    """Write one feature file atomically; a failed write (disk full, ...) is a one-line UserError."""
+    try:
+        atomic_torch_save(record, out_path)
+    except OSError as e:
+        raise UserError(f"{out_path}: could not write it ({e.strerror or e}); free space or choose "
+                        "another --output_dir") from None
+
+
+def process(todo: list, args, device) -> tuple[list[str], list[tuple[str, str]], float]:
+    """Load, check, run CREPE and save each (audio, output, source) of `todo`.
+    Returns (sources done, [(source, why it failed)], seconds of audio processed)."""
+    done, failed, audio_seconds = [], [], 0.0
+    with tqdm(total=len(todo), desc="preprocess", unit="file", dynamic_ncols=True) as bar, \
+            closing(loaded(todo, args.workers, args.min_seconds)) as results:  # closing: stop the threads now
+        for (f, o, src), res in results:
+            bar.set_postfix_str(src[-40:])
+            if isinstance(res, str):
+                failed.append((src, res))
+                tqdm.write(f"failed {src}: {res}")
+            else:
+                audio, loud = res
+                save_record(feature_record(f, audio, loud, src, args, device), o)
+                done.append(src)
+                audio_seconds += audio.shape[0] / fx.SAMPLE_RATE
+            bar.update(1)
+    return done, failed, audio_seconds
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    input_dir, output_dir, shard_i, shard_n = check_args(args)
     device = pick_device(args.device)
+    apply_threads(args.threads)
 
     all_files = find_audio_files(input_dir)
     if not all_files:
@@ -140,71 +238,12 @@ def main(argv: list[str] | None = None) -> int:
     if not jobs:
         print(f"shard {shard_i}/{shard_n}: no files (the folder has {len(all_files)}); nothing to do")
         return 0
-
-    todo, skipped = [], []
-    for f, o in jobs:
-        remove_stale_tmp(o)
-        src = f.relative_to(input_dir).as_posix()
-        (skipped if is_valid_output(o, args.model, src) else todo).append((f, o, src))
+    todo, skipped = split_done(jobs, input_dir, args.model)
     print(f"{len(jobs)} audio files in shard {shard_i}/{shard_n} of {input_dir} -> {output_dir} "
           f"({len(skipped)} already done); CREPE {args.model} on {device}")
 
-    done, failed = [], []
-    audio_seconds, t_start = 0.0, time.perf_counter()
-    pool = ThreadPoolExecutor(max_workers=args.workers) if args.workers > 0 else None
-
-    def submit(item):
-        if pool is None:
-            return None
-        return pool.submit(load_and_check, item[0], args.min_seconds)
-
-    try:
-        queue = deque()
-        items = iter(todo)
-        for _ in range(max(1, args.workers) + 1):  # bounded prefetch: a few files in memory at a time
-            item = next(items, None)
-            if item is not None:
-                queue.append((item, submit(item)))
-        bar = tqdm(total=len(todo), desc="preprocess", unit="file", dynamic_ncols=True)
-        while queue:
-            (f, o, src), fut = queue.popleft()
-            nxt = next(items, None)
-            if nxt is not None:
-                queue.append((nxt, submit(nxt)))
-            bar.set_postfix_str(src[-40:])
-            res = fut.result() if fut is not None else load_and_check(f, args.min_seconds)
-            if isinstance(res, str):
-                failed.append((src, res))
-                tqdm.write(f"failed {src}: {res}")
-                bar.update(1)
-                continue
-            audio, loud = res
-            try:
-                feats = fx.extract_features(audio, args.model, device, args.batch_size, hop=args.crepe_hop,
-                                            loudness_db=loud)
-            except torch.cuda.OutOfMemoryError:
-                raise UserError(f"{f}: CUDA out of memory in CREPE; rerun with a smaller --batch_size "
-                                f"(now {args.batch_size})") from None
-            record = {
-                "audio": torch.from_numpy(audio),
-                **feats,
-                "sample_rate": fx.SAMPLE_RATE,
-                "frame_rate": fx.FRAME_RATE,
-                "hop": fx.HOP,
-                "source": src,
-                "crepe_model": args.model,
-                "crepe_hop": int(args.crepe_hop),
-                "version": fx.FEATURE_VERSION,
-            }
-            atomic_torch_save(record, o)
-            done.append(src)
-            audio_seconds += audio.shape[0] / fx.SAMPLE_RATE
-            bar.update(1)
-        bar.close()
-    finally:
-        if pool is not None:
-            pool.shutdown(wait=True, cancel_futures=True)
-
+    t_start = time.perf_counter()
+    done, failed, audio_seconds = process(todo, args, device)
     wall = time.perf_counter() - t_start
     speed = f", {audio_seconds:.1f} s of audio in {wall:.1f} s ({audio_seconds / max(wall, 1e-9):.2f}x real time)" \
         if done else ""

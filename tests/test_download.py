@@ -333,3 +333,20 @@ def test_help_shows_defaults(capsys):
     assert e.value.code == 0
     text = capsys.readouterr().out
     assert "default: data/raw/guitarset" in text and "default: 5" in text and "audio_hex-pickup_debleeded.zip" in text
+
+
+def test_unwritable_output_dir_is_one_line_before_any_download(server, tmp_path, monkeypatch, capsys):
+    import os
+
+    (tmp_path / "file.txt").write_text("x")
+    assert run_cli(base_args(server, tmp_path / "file.txt" / "gs")) == 1
+    err = error_lines(capsys.readouterr().err)
+    assert len(err) == 1 and "--output_dir" in err[0] and "is a file, not a folder" in err[0]
+    assert run_cli(base_args(server, tmp_path / "file.txt")) == 1  # a file where the folder should go
+    assert "is a file; give a folder" in error_lines(capsys.readouterr().err)[0]
+    monkeypatch.setattr(os, "access", lambda *a, **k: False)  # read-only (root ignores chmod)
+    assert run_cli(base_args(server, tmp_path / "ro")) == 1
+    err = error_lines(capsys.readouterr().err)
+    assert len(err) == 1 and "cannot write in" in err[0]
+    assert server.hits == [], "nothing may be downloaded before the output location is checked"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["file.txt"]

@@ -158,3 +158,46 @@ def test_resume_after_sigkill_matches_uninterrupted_run(tmp_path, capsys):
     assert run_pre(["--input_dir", src, "--output_dir", clean, "--workers", "0"]) == 0
     assert_same_outputs(killed, clean)
     assert not list(killed.rglob("*.tmp")) and not list(clean.rglob("*.tmp"))
+
+
+def _no_work(*a, **k):
+    raise AssertionError("work started before the output location was checked")
+
+
+def test_unwritable_output_dir_is_one_line_before_any_work(tmp_path, monkeypatch, capsys):
+    from utils import run_main
+
+    src = tmp_path / "in"
+    src.mkdir()
+    sf.write(src / "x.wav", tone(220, 0.2), 16000)
+    monkeypatch.setattr(preprocess, "load_and_check", _no_work)
+    monkeypatch.setattr(preprocess, "find_audio_files", _no_work)
+    (tmp_path / "file.txt").write_text("x")
+    under_file = tmp_path / "file.txt" / "out"
+    with pytest.raises(SystemExit) as e:
+        run_main(lambda _: run_pre(["--input_dir", src, "--output_dir", under_file]))
+    assert e.value.code == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "--output_dir" in err[0] and "is a file, not a folder" in err[0]
+    with pytest.raises(UserError, match="is a file; give a folder"):  # a file where the folder should go
+        run_pre(["--input_dir", src, "--output_dir", tmp_path / "file.txt"])
+    # read-only location (CI runs as root, where chmod does not deny): deny through os.access
+    monkeypatch.setattr(os, "access", lambda *a, **k: False)
+    with pytest.raises(UserError) as e:
+        run_pre(["--input_dir", src, "--output_dir", tmp_path / "ro" / "out"])
+    assert "cannot write in" in str(e.value) and "\n" not in str(e.value)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["file.txt", "in"]  # nothing created
+
+
+def test_threads_flag_sets_torch_threads(tmp_path):
+    src = tmp_path / "in"
+    src.mkdir()
+    sf.write(src / "x.wav", tone(220, 0.2), 16000)
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        assert run_pre(["--input_dir", src, "--output_dir", tmp_path / "o", "--workers", "0", "--threads", "1"]) == 0
+        assert torch.get_num_threads() == 1
+    finally:
+        torch.set_num_threads(before)
+    assert (tmp_path / "o" / "x.pt").is_file()

@@ -205,3 +205,28 @@ def test_rerun_skips_finished_phrases(rendered, capsys):
     assert "rendered 0, skipped (already done) 2" in capsys.readouterr().out
     assert {p: p.stat().st_mtime_ns for p in rendered.rglob("*.wav")} == before
     assert not [p for p in rendered.rglob("*") if p.name.startswith(".")], "temporary files left behind"
+
+
+def _no_work(*a, **k):
+    raise AssertionError("work started before the output location was checked")
+
+
+def test_unwritable_output_dir_is_one_line_before_any_work(tmp_path, monkeypatch, capsys):
+    """Checked before fluidsynth is even looked for, so this runs without it."""
+    from utils import run_main
+
+    monkeypatch.setattr(msd, "find_fluidsynth", _no_work)
+    monkeypatch.setattr(msd, "read_sf2_presets", _no_work)
+    (tmp_path / "file.txt").write_text("x")
+    with pytest.raises(SystemExit) as e:
+        run_main(lambda _: msd.main(["--output_dir", str(tmp_path / "file.txt" / "out")]))
+    assert e.value.code == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "--output_dir" in err[0] and "is a file, not a folder" in err[0]
+    with pytest.raises(UserError, match="is a file; give a folder"):
+        msd.main(["--output_dir", str(tmp_path / "file.txt")])
+    monkeypatch.setattr(os, "access", lambda *a, **k: False)  # read-only (root ignores chmod)
+    with pytest.raises(UserError) as e:
+        msd.main(["--output_dir", str(tmp_path / "ro")])
+    assert "cannot write in" in str(e.value) and "\n" not in str(e.value)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["file.txt"]

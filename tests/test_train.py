@@ -333,31 +333,3 @@ def test_data_errors_are_one_line(tmp_path):
     assert res.stderr.strip().count("\n") == 0 and "re-run preprocess.py" in res.stderr
     assert not (tmp_path / "checkpoints").exists()
 
-
-def test_reexec_with_malloc_tunables_restarts_once_with_the_same_pid_and_arguments(tmp_path):
-    """train.py restarts itself with glibc malloc tunables (utils.MALLOC_TUNABLES): same PID, same argv."""
-    import subprocess
-    import sys
-
-    import utils
-
-    script = tmp_path / "probe.py"
-    script.write_text(
-        "import os, sys\n"
-        f"sys.path.insert(0, {str(REPO)!r})\n"
-        "print('start', os.getpid(), os.environ.get('GLIBC_TUNABLES'), sys.argv[1:], flush=True)\n"
-        "import utils\n"
-        "utils.reexec_with_malloc_tunables()\n"
-        "print('main', os.getpid(), os.environ.get('GLIBC_TUNABLES'), sys.argv[1:], flush=True)\n")
-    env = {k: v for k, v in os.environ.items() if k != "GLIBC_TUNABLES"}
-    out = subprocess.run([sys.executable, "-u", str(script), "a", "--b"], env=env, capture_output=True,
-                         text=True, check=True).stdout.splitlines()
-    pid = out[0].split()[1]
-    want_args = "['a', '--b']"
-    assert out[0] == f"start {pid} None {want_args}"
-    assert out[1] == f"start {pid} {utils.MALLOC_TUNABLES} {want_args}"  # re-executed once, same process
-    assert out[2] == f"main {pid} {utils.MALLOC_TUNABLES} {want_args}" and len(out) == 3
-    # a user's own GLIBC_TUNABLES is respected: no restart
-    out = subprocess.run([sys.executable, str(script)], env={**env, "GLIBC_TUNABLES": "glibc.malloc.arena_max=2"},
-                         capture_output=True, text=True, check=True).stdout.splitlines()
-    assert len(out) == 2 and out[1].endswith("glibc.malloc.arena_max=2 []")

@@ -293,7 +293,7 @@ def refresh_checkpoint_statistics(checkpoint, data_dir, val_fraction: float = 0.
     Returns the names of the statistics whose stored value changed (added ones included).
     """
     checkpoint = Path(checkpoint)
-    ckpt = read_checkpoint(checkpoint, flag="--update_stats")
+    ckpt = read_checkpoint(checkpoint, flag="update_stats.py's checkpoint argument")
     config = ckpt["config"]
     stats = NeuralGuitarDataset(data_dir, split="train", val_fraction=val_fraction).stats
     for key in INPUT_SCALING_KEYS:

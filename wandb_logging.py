@@ -72,7 +72,7 @@ def resolve_mode(choice: str) -> tuple[str, str]:
     url = wandb_setup.singleton().settings.base_url
     problem = server_unreachable(url)
     if problem:
-        return "offline", f"W&B server {url} unreachable ({problem})"
+        return "offline", f"server {url} unreachable ({problem})"
     return "online", ""
 
 

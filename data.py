@@ -23,7 +23,7 @@ Decisions (documented here once):
   and an interrupted epoch resumes with exactly the same crops (call `set_epoch` each epoch).
 - Silence: a crop whose loudness never reaches `silence_db` (default features.SILENCE_DB, -70 dB) is
   never drawn (the set of allowed start frames is precomputed, so nothing is re-drawn). Files that are
-  silent throughout are left out, with a warning; if every file is silent that is a UserError.
+  silent throughout are left out, with a one-line message (`log`); if every file is silent that is a UserError.
 - Short files (fewer frames than a crop): the crop is the whole file, padded at the end: audio with
   zeros, f0 with its last value (keeps log-pitch finite), periodicity with 0, loudness with the floor
   of digital silence (-LOUDNESS_RANGE_DB = -80 dB, features.py). `mask` [crop_frames] is 1 for real
@@ -42,7 +42,7 @@ keeps items cheap and lets DataLoader workers share the tensors after fork.
 from __future__ import annotations
 
 import hashlib
-import warnings
+import logging
 from pathlib import Path
 
 import numpy as np
@@ -50,16 +50,21 @@ import torch
 from torch.utils.data import Dataset
 
 import notes
-from features import FEATURE_VERSION, FRAME_RATE, HOP, LOUDNESS_RANGE_DB, SAMPLE_RATE, SILENCE_DB, n_frames
+from features import (FEATURE_VERSION, FRAME_RATE, HOP, LOUDNESS_RANGE_DB, SAMPLE_RATE, SILENCE_DB, VOICED_THRESHOLD,
+                      n_frames)
+from model import STATS_KEYS, read_checkpoint
 from utils import UserError, atomic_torch_save, torch_load
 
 FEATURE_KEYS = ("audio", "f0_hz", "periodicity", "loudness_db")
 REQUIRED_KEYS = FEATURE_KEYS + ("sample_rate", "hop", "version")
-VOICED_PERIODICITY = 0.5  # frames with periodicity above this count as pitched for `mean_midi`
 PLUCK_BANDS = 6            # pluck envelope: pitch bands of equal note counts ...
 PLUCK_NOTES_PER_BAND = 50  # ... but fewer bands when the training set has fewer notes than 50 per band
 PLUCK_MIN_NOTES = 20       # a band's curve runs while at least this many of its notes still sound
 PLUCK_TAIL_FRAMES = 125    # past its end the curve goes on at the slope of its last 0.5 s
+
+# Expected conditions in the data (a silent file, no notes) are reported as one plain line through this
+# logger (printed to stderr as is when the application configures no logging), not as Python warnings.
+log = logging.getLogger(__name__)
 
 
 # ---- files ---------------------------------------------------------------------------------------
@@ -157,10 +162,10 @@ def dataset_statistics(files: list, silence_db: float = SILENCE_DB) -> dict:
     Args:
         files: feature dicts (as from `load_feature_file`) or paths to .pt files.
     Returns:
-        dict(loudness_mean, loudness_std: float dB over non-silent frames (loudness >= silence_db);
+        dict with the keys model.STATS_KEYS: loudness_mean, loudness_std: float dB over non-silent frames (loudness >= silence_db);
              loudness_quantiles: 101 floats, dB, the 0..100 % quantiles of those frames;
-             mean_midi: float, mean MIDI pitch of voiced frames (periodicity > 0.5, f0 > 0);
-             pluck_envelope: dict or None, see `pluck_envelope_statistic`).
+             mean_midi: float, mean MIDI pitch of voiced frames (periodicity >= features.VOICED_THRESHOLD,
+             f0 > 0); pluck_envelope: dict or None, see `pluck_envelope_statistic`.
         Plain Python numbers, so the dict can go into a checkpoint config.
     """
     feats = [f if isinstance(f, dict) else load_feature_file(f) for f in files]
@@ -173,10 +178,10 @@ def dataset_statistics(files: list, silence_db: float = SILENCE_DB) -> dict:
                         f"check the audio given to preprocess.py")
     f0 = np.concatenate([f["f0_hz"].numpy() for f in feats]).astype(np.float64)
     per = np.concatenate([f["periodicity"].numpy() for f in feats])
-    voiced = (per > VOICED_PERIODICITY) & (f0 > 0)
+    voiced = (per >= VOICED_THRESHOLD) & (f0 > 0)
     if not voiced.any():
-        warnings.warn("no voiced frames (periodicity > 0.5) in the training files; mean_midi uses all "
-                      "frames with f0 > 0")
+        log.warning(f"no voiced frames (periodicity >= {VOICED_THRESHOLD}) in the training files; mean_midi "
+                    f"uses all frames with f0 > 0")
         voiced = f0 > 0
     mean_midi = notes.mean_midi(f0, voiced) if voiced.any() else 60.0
     return {
@@ -250,7 +255,7 @@ def pluck_envelope_statistic(files: list, n_bands: int = PLUCK_BANDS, notes_per_
     found = [n for f in feats for n in note_envelopes(f["f0_hz"].numpy(), f["periodicity"].numpy(),
                                                       f["loudness_db"].numpy(), attack_frames)]
     if not found:
-        warnings.warn("no notes found in the training files; transfer.py will use its fixed pluck decay")
+        log.warning("no notes found in the training files; transfer.py will use its fixed pluck decay")
         return None
     midi = np.array([m for m, _, _ in found])
     k = int(np.clip(len(found) // notes_per_band, 1, n_bands))
@@ -287,10 +292,8 @@ def refresh_checkpoint_statistics(checkpoint, data_dir, val_fraction: float = 0.
     checkpoint is written atomically to `output` (default: over `checkpoint`).
     Returns the names of the statistics whose stored value changed (added ones included).
     """
-    from model import read_checkpoint
-
     checkpoint = Path(checkpoint)
-    ckpt = read_checkpoint(checkpoint, flag="--update_stats")
+    ckpt = read_checkpoint(checkpoint, flag="update_stats.py's checkpoint argument")
     config = ckpt["config"]
     stats = NeuralGuitarDataset(data_dir, split="train", val_fraction=val_fraction).stats
     for key in INPUT_SCALING_KEYS:
@@ -299,7 +302,7 @@ def refresh_checkpoint_statistics(checkpoint, data_dir, val_fraction: float = 0.
             raise UserError(f"{checkpoint}: its {key} is {old} but the training split of {data_dir} (val_fraction "
                             f"{val_fraction}) gives {stats[key]:.6g}: not the data this model was trained on; "
                             f"pass the --data_dir and --val_fraction it was trained with")
-    changed = [k for k, v in stats.items() if config.get(k) != v]
+    changed = [k for k in STATS_KEYS if config.get(k) != stats[k]]
     ckpt["config"] = {**config, **stats}
     atomic_torch_save(ckpt, checkpoint if output is None else output)
     return changed
@@ -343,8 +346,8 @@ class NeuralGuitarDataset(Dataset):
             feat = load_feature_file(self.data_dir / name)
             starts = self._allowed_starts(feat["loudness_db"])
             if starts.size == 0:
-                warnings.warn(f"{self.data_dir / name}: silent throughout (below {self.silence_db} dB); "
-                              f"left out of the {split} split")
+                log.warning(f"{self.data_dir / name}: silent throughout (below {self.silence_db} dB); "
+                            f"left out of the {split} split")
                 continue
             self.items.append(feat)
             self.starts.append(starts)

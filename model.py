@@ -43,6 +43,7 @@ DEFAULT_CONFIG = {
     "mean_midi": 60.0,           # mean MIDI pitch of voiced frames
     "pluck_envelope": None,      # note loudness after onset by pitch band (data.pluck_envelope_statistic)
 }
+STATS_KEYS = ("loudness_mean", "loudness_std", "loudness_quantiles", "mean_midi", "pluck_envelope")  # training-set statistics in the config
 
 ARCHITECTURE_KEYS = ("sample_rate", "hop", "n_harmonics", "n_noise_bands", "decoder", "hidden_size",
                      "mlp_layers", "transformer_layers", "transformer_heads", "attention_window",

@@ -3,28 +3,31 @@
     python train.py --data_dir data/processed/guitarset            # train (or resume: same command)
     python train.py --data_dir data/processed/guitarset --fresh    # start over (old checkpoints kept aside)
     torchrun --standalone --nproc_per_node 2 train.py --data_dir ...   # several GPUs (DDP)
-    python train.py --data_dir data/processed/guitarset --update_stats checkpoints/best.pth
-        # no training: recompute the training-set statistics in that checkpoint's config (e.g. add one
-        # introduced after it was trained); see data.refresh_checkpoint_statistics
 
 What it does, in order: read the crops (data.py), build the model (model.py) with the training set's
 loudness/pitch statistics in its config, then Adam on the multi-resolution STFT loss (loss.py) between
-each crop and its resynthesis from the crop's own f0 and loudness.
+each crop and its resynthesis from the crop's own f0 and loudness. Reading this file top to bottom:
+flags, the training state (`TrainState`), `main` -> `train` (setup, then the epoch loop), then the epoch
+(`run_epoch`, `end_of_epoch`) and the step (`train_step`). Checkpoint files are checkpoints.py's,
+W&B is wandb_logging.py's; update_stats.py recomputes a checkpoint's training-set statistics.
 
 Files, all under --checkpoint_dir (default checkpoints/):
     latest.pth          every epoch, every --save_every_steps steps, and on CTRL+C: the resume point
     model_epoch_N.pth   every --save_every epochs (N = epochs done); only the last --keep_last are kept
-    best.pth            the epoch with the lowest validation loss so far
+    best.pth            the epoch with the lowest validation loss so far (training loss without validation)
     wandb/              W&B run files (offline runs are uploaded later with `wandb sync`)
 Every checkpoint holds model, optimizer, scheduler, epoch, step, config (model sizes + dataset stats),
-rng states, wandb_run_id and version; each is written atomically (a reader never sees half a file).
+rng states, wandb_run_id and version; each is written atomically (a reader never sees half a file), and
+temp files of a write that was killed are removed by the next run.
 
 Resume: running the same command again continues from latest.pth exactly where it stopped, mid-epoch
 included: crops are a pure function of (seed, epoch, index) (data.py), the batch order of an epoch is a
 pure function of (seed, epoch) (DistributedSampler), the batches already done are skipped without being
-loaded, and the RNG states (noise synthesis) come from the checkpoint. So a run interrupted and resumed
-ends with the same weights as a run that was never interrupted (tests/test_train.py checks this).
-Validation and audio logging run under a forked RNG, so they do not disturb training's random stream.
+loaded, and the RNG states (noise synthesis) and the epoch's running loss come from the checkpoint. So a
+run interrupted and resumed ends with the same weights, and reports the same epoch losses, as a run that
+was never interrupted (tests/test_train.py checks this). A resume with another model, data folder or
+training setting (RESUME_KEYS) is refused with the flag to change (or --fresh). Validation and audio
+logging run under a forked RNG, so they do not disturb training's random stream.
 
 Epoch, step: `step` counts batches (optimizer steps plus skipped non-finite ones); `epoch` in a
 checkpoint is the number of finished epochs and `batch_in_epoch` how far the next one got.
@@ -42,20 +45,17 @@ shows the progress bar.
 from __future__ import annotations
 
 import argparse
-import io
 import math
-import netrc
 import os
 import random
 import secrets
-import shutil
 import signal
 import string
 import sys
 import time
 from contextlib import nullcontext
+from dataclasses import dataclass
 from pathlib import Path
-from urllib.parse import urlparse
 
 import numpy as np
 import torch
@@ -65,20 +65,22 @@ from torch.utils.data import DataLoader, DistributedSampler
 from tqdm import tqdm
 
 import model as models
-from data import NeuralGuitarDataset, refresh_checkpoint_statistics
-from features import HOP, SAMPLE_RATE
+import wandb_logging
+from checkpoints import (CHECKPOINT_VERSION, capture_rng, check_resume_conflicts, load_checkpoint, load_weights,
+                         move_aside, prune_epoch_checkpoints, remove_stale_temp_files, restore_rng,
+                         write_checkpoint)
+from data import NeuralGuitarDataset
+from features import HOP
 from loss import MultiResolutionSTFTLoss
-from utils import (HelpFormatter, UserError, add_device_arguments, apply_threads, atomic_path, pick_device,
-                   reexec_with_malloc_tunables, run_main, torch_load)
+from model import STATS_KEYS
+from utils import HelpFormatter, UserError, add_device_arguments, apply_threads, check_output_path, pick_device, run_main
 
-CHECKPOINT_VERSION = 1
-STATS_KEYS = ("loudness_mean", "loudness_std", "loudness_quantiles", "mean_midi", "pluck_envelope")
 # model config keys exposed as flags: everything in model.DEFAULT_CONFIG except what the data fixes
 MODEL_FLAG_KEYS = tuple(k for k in models.DEFAULT_CONFIG
                         if k not in ("version", "sample_rate", "hop") + STATS_KEYS)
 # training settings that must match the checkpoint for a resume to continue the same run
 RESUME_KEYS = ("batch_size", "crop_seconds", "seed", "val_fraction", "lr", "lr_decay", "lr_decay_steps",
-               "grad_clip")
+               "grad_clip", "data_dir")
 MODEL_FLAG_HELP = {
     "decoder": "decoder core: gru (DDSP RnnFcDecoder) or transformer (local causal attention)",
     "hidden_size": "decoder width (MLPs and GRU/transformer)",
@@ -96,7 +98,7 @@ MODEL_FLAG_HELP = {
 }
 
 
-# ---- command line --------------------------------------------------------------------------------
+# ---- command line ---------------------------------------------------------------------------------
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0] + "\n\nSee the module docstring "
@@ -107,11 +109,6 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--crop_seconds", type=float, default=4.0, help="training crop length")
     g.add_argument("--val_fraction", type=float, default=0.1, help="share of files held out for validation (split by file-name hash)")
     g.add_argument("--num_workers", type=int, default=2, help="DataLoader worker processes (0 = load in the main process)")
-    g.add_argument("--update_stats", metavar="CHECKPOINT", default=None,
-                   help="do not train: recompute the training-set statistics in CHECKPOINT's config from "
-                        "--data_dir's training split (--val_fraction), e.g. to add pluck_envelope to a model "
-                        "trained before it existed; weights untouched, written atomically "
-                        "(data.refresh_checkpoint_statistics)")
 
     g = p.add_argument_group("model (stored in the checkpoint; must match it to resume)")
     for key in MODEL_FLAG_KEYS:
@@ -139,7 +136,6 @@ def build_parser() -> argparse.ArgumentParser:
                         "(~1.9x faster steps at the default size on CPUs with AVX512-BF16/AMX) and on CUDA where "
                         "supported, else float16 with loss scaling")
     g.add_argument("--deterministic", action="store_true", help="deterministic kernels (torch.use_deterministic_algorithms); slower on GPU")
-    g.add_argument("--debug_nan_steps", default="", help=argparse.SUPPRESS)  # test hook: "3,4" -> NaN loss at those steps
 
     g = p.add_argument_group("checkpoints")
     g.add_argument("--checkpoint_dir", default="checkpoints", help="where latest.pth, model_epoch_N.pth, best.pth and wandb/ go")
@@ -150,7 +146,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     g = p.add_argument_group("logging")
     g.add_argument("--wandb", choices=("auto", "online", "offline", "disabled"), default="auto",
-                   help="auto = online when logged in (WANDB_API_KEY or ~/.netrc), else offline (upload later with wandb sync)")
+                   help="auto = WANDB_MODE if set, else online when logged in (WANDB_API_KEY or `wandb login`) and the "
+                        "server answers, else offline (upload later with wandb sync); see wandb_logging.py")
     g.add_argument("--wandb_project", default="neural-guitar", help="W&B project")
     g.add_argument("--run_name", default=None, help="W&B run name (None: W&B picks one)")
     g.add_argument("--audio_every", type=int, default=5, help="log an original/reconstruction audio pair and spectrograms every this many epochs (0 = never)")
@@ -164,31 +161,429 @@ def model_overrides(args) -> dict:
     return {k: getattr(args, k) for k in MODEL_FLAG_KEYS}
 
 
-# ---- small reusable pieces -----------------------------------------------------------------------
+def resume_args(args) -> dict:
+    """The RESUME_KEYS of this command, as a checkpoint records them (`train_args`); the data folder as
+    an absolute path, so the same folder named from another working directory still matches."""
+    values = {k: getattr(args, k) for k in RESUME_KEYS}
+    values["data_dir"] = str(Path(args.data_dir).resolve())
+    return values
 
-def capture_rng() -> dict:
-    """Python / NumPy / torch / CUDA RNG states as tensors and plain lists (loadable with weights_only)."""
-    py = random.getstate()
-    npy = np.random.get_state()
+
+def check_args(args) -> None:
+    """UserError (one line) for a flag value that cannot work, before any data is read."""
+    for name in ("batch_size", "epochs", "crop_seconds", "save_every", "lr_decay_steps"):
+        if getattr(args, name) <= 0:
+            raise UserError(f"--{name} {getattr(args, name)}: must be positive")
+    check_output_path(args.checkpoint_dir, "--checkpoint_dir", is_dir=True)
+
+
+# ---- the training state ----------------------------------------------------------------------------
+
+@dataclass
+class TrainState:
+    """Everything the step and the epoch change or read: the model (and its DDP wrapper), optimizer, lr
+    schedule, loss, counters, and the W&B run. Checkpoints store it (`checkpoint_state`)."""
+    args: argparse.Namespace
+    raw_model: models.NeuralGuitar
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LRScheduler
+    device: torch.device
+    rank: int = 0                          # this process under torchrun (0 otherwise)
+    world: int = 1                         # number of processes
+    scaler: torch.amp.GradScaler | None = None   # float16 autocast only
+    amp_dtype: torch.dtype | None = None   # --amp: the decoder's autocast dtype
+    model: torch.nn.Module | None = None   # what the step calls: raw_model or its DDP wrapper
+    loss_fn: torch.nn.Module | None = None
+    run_id: str = ""                       # W&B run id, kept across resumes
+    wandb_run: object = None
+    epoch: int = 0                         # finished epochs
+    step: int = 0                          # batches done in total (skipped non-finite ones included)
+    batch_in_epoch: int = 0                # batches done in the current epoch
+    nan_skipped: int = 0                   # steps skipped for a non-finite loss or gradient, in total
+    consecutive_nan: int = 0               # ... in a row now (not saved: a resumed run starts at 0)
+    best_val: float = math.inf             # lowest epoch score so far (best.pth)
+    loss_sum: float = 0.0                  # sum of the current epoch's finite step losses ...
+    loss_count: int = 0                    # ... and their number: the epoch's train loss is the mean
+
+    @property
+    def master(self) -> bool:
+        return self.rank == 0
+
+    @property
+    def ddp(self) -> bool:
+        return self.world > 1 or dist.is_initialized()
+
+    @property
+    def latest(self) -> Path:
+        return Path(self.args.checkpoint_dir) / "latest.pth"
+
+    def autocast(self):
+        """Mixed-precision context for the model's forward (--amp), else a no-op."""
+        return torch.autocast(self.device.type, dtype=self.amp_dtype) if self.amp_dtype else nullcontext()
+
+
+def say(msg: str) -> None:
+    """One line on stderr, above the progress bar; only rank 0 speaks under torchrun."""
+    if not dist.is_initialized() or dist.get_rank() == 0:
+        tqdm.write(msg, file=sys.stderr)
+
+
+# ---- training --------------------------------------------------------------------------------------
+
+def main(argv=None) -> int:
+    args = build_parser().parse_args(argv)
+    check_args(args)
+    apply_threads(args.threads)
+    dist_info = init_distributed(args.device)
+    previous_deterministic = torch.are_deterministic_algorithms_enabled()
+    try:
+        return train(args, dist_info)
+    finally:
+        torch.use_deterministic_algorithms(previous_deterministic)
+        if dist_info is not None and dist.is_initialized():
+            dist.destroy_process_group()
+
+
+def train(args, dist_info) -> int:
+    """Set up (checkpoint folder, data, model, W&B), run the epochs, close W&B. Returns the exit code:
+    0 done (or --max_steps reached), 130 stopped by a signal after saving latest.pth."""
+    rank, world, device = dist_info if dist_info else (0, 1, pick_device(args.device))
+    set_up_device(args, device)
+    ckpt = open_checkpoint_dir(args, master=rank == 0)
+    if ckpt is not None and nothing_left_to_do(ckpt, args):
+        return 0
+    train_ds, val_ds = load_data(args, master=rank == 0)
+    state = build_state(args, ckpt, train_ds, device, rank, world)
+    if state.master:
+        state.wandb_run = wandb_logging.start(args, state.run_id, Path(args.checkpoint_dir),
+                                              state.raw_model.config, say)
+    exit_code = 1
+    try:
+        with GracefulStop(grace_s=2.0 if state.ddp else 0.0, say=say) as stopper:
+            exit_code = run_epochs(state, train_ds, val_ds, stopper)
+    except KeyboardInterrupt:
+        exit_code = 130
+        raise
+    finally:
+        wandb_logging.finish(state.wandb_run, exit_code)
+    return exit_code
+
+
+def set_up_device(args, device: torch.device) -> None:
+    """--amp note on CPUs without native bfloat16; --deterministic kernels."""
+    if args.amp and device.type == "cpu" and not cpu_has_native_bf16():
+        say("--amp: this CPU has no native bfloat16 (AVX512-BF16 or AMX); autocast will emulate it and "
+            "may be slower than float32")
+    if args.deterministic:
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")  # needed by cuBLAS for determinism
+        torch.use_deterministic_algorithms(True, warn_only=True)
+        torch.backends.cudnn.benchmark = False
+        torch.backends.cudnn.deterministic = True
+
+
+def open_checkpoint_dir(args, master: bool) -> dict | None:
+    """Prepare --checkpoint_dir: remove temp files of killed checkpoint writes, move the old run aside
+    for --fresh; return latest.pth's checkpoint to resume (checked against this command), or None."""
+    ckpt_dir = Path(args.checkpoint_dir)
+    latest = ckpt_dir / "latest.pth"
+    if master:
+        n, freed = remove_stale_temp_files(ckpt_dir)
+        if n:
+            say(f"removed {n} temp file{'s' if n > 1 else ''} ({freed / 1e6:.1f} MB) left in {ckpt_dir}/ by "
+                f"checkpoint writes that were interrupted")
+        moved = move_aside(ckpt_dir) if args.fresh else None
+        if moved:
+            say(f"--fresh: moved the previous checkpoints to {moved}/ (leave --fresh off next time to "
+                f"resume this new run)")
+    if dist.is_initialized():
+        dist.barrier()
+    if args.fresh or not latest.exists():
+        return None
+    ckpt = load_checkpoint(latest)
+    check_resume_conflicts(ckpt, latest, model_overrides(args), resume_args(args))
+    return ckpt
+
+
+def nothing_left_to_do(ckpt: dict, args) -> bool:
+    """True (and says why) when the checkpoint already reached --epochs or --max_steps."""
+    latest = Path(args.checkpoint_dir) / "latest.pth"
+    if ckpt["epoch"] >= args.epochs:
+        say(f"{latest} has already trained {ckpt['epoch']} epochs (--epochs {args.epochs}); nothing to "
+            f"do. Pass a larger --epochs to continue, or --fresh to start over.")
+        return True
+    if args.max_steps and ckpt["step"] >= args.max_steps:
+        say(f"{latest} is at step {ckpt['step']}, already past --max_steps {args.max_steps}; nothing to do")
+        return True
+    return False
+
+
+def load_data(args, master: bool) -> tuple[NeuralGuitarDataset, NeuralGuitarDataset | None]:
+    """The train split (every process) and the val split (rank 0 only, else None), described."""
+    train_ds = NeuralGuitarDataset(args.data_dir, args.crop_seconds, "train", args.val_fraction, args.seed)
+    val_ds = NeuralGuitarDataset(args.data_dir, args.crop_seconds, "val", args.val_fraction, args.seed) \
+        if master else None
+    say(train_ds.describe())
+    if val_ds is not None:
+        say(val_ds.describe() if len(val_ds) else "val: no files (one file only, or --val_fraction 0): "
+            "best.pth follows the training loss")
+    return train_ds, val_ds
+
+
+def build_state(args, ckpt: dict | None, train_ds, device, rank: int, world: int) -> TrainState:
+    """Model (seeded with --seed; config from the checkpoint, else the flags + the training set's
+    statistics), Adam, the exponential lr schedule and, on resume, everything the checkpoint holds."""
+    seed_everything(args.seed)
+    config = ckpt["config"] if ckpt else models.build_config(**model_overrides(args), **train_ds.stats)
+    raw_model = models.NeuralGuitar.from_config(config).to(device)
+    optimizer = torch.optim.Adam(raw_model.parameters(), lr=args.lr)
+    scheduler = torch.optim.lr_scheduler.ExponentialLR(optimizer, gamma=args.lr_decay ** (1.0 / args.lr_decay_steps))
+    amp_dtype = amp_dtype_for(device) if args.amp else None
+    state = TrainState(args, raw_model, optimizer, scheduler, device, rank, world, amp_dtype=amp_dtype,
+                       scaler=torch.amp.GradScaler("cuda") if amp_dtype == torch.float16 else None,
+                       run_id=new_run_id())
+    if ckpt:
+        restore_state(state, ckpt)
+    else:
+        seed_everything(args.seed + rank)  # noise differs per process; crops/order are seeded separately
+    state.model = DistributedDataParallel(raw_model, device_ids=[device.index] if device.type == "cuda" else None) \
+        if state.ddp else raw_model
+    state.loss_fn = MultiResolutionSTFTLoss().to(device)
+    n_params = sum(p.numel() for p in raw_model.parameters())
+    say(f"model: {config['decoder']} decoder, hidden {config['hidden_size']}, {config['n_harmonics']} harmonics, "
+        f"{config['n_noise_bands']} noise bands, {n_params / 1e6:.2f} M parameters; device {device}"
+        f"{f' x {world} processes' if state.ddp else ''}"
+        f"{' (amp ' + str(amp_dtype).split('.')[-1] + ')' if args.amp else ''}")
+    return state
+
+
+def restore_state(state: TrainState, ckpt: dict) -> None:
+    """Load weights, optimizer, schedule, counters, the epoch's running loss and this process's RNG
+    states from a training checkpoint (see checkpoint_state)."""
+    latest = state.latest
+    load_weights(state.raw_model, ckpt["model"], latest)
+    load_weights(state.optimizer, ckpt["optimizer"], latest, what="optimizer")
+    state.scheduler.load_state_dict(ckpt["scheduler"])
+    if state.scaler is not None and ckpt.get("scaler"):
+        state.scaler.load_state_dict(ckpt["scaler"])
+    state.epoch, state.step, state.batch_in_epoch = ckpt["epoch"], ckpt["step"], ckpt.get("batch_in_epoch", 0)
+    state.nan_skipped, state.best_val = ckpt.get("nan_skipped", 0), ckpt.get("best_val_loss", math.inf)
+    state.loss_sum, state.loss_count = ckpt.get("epoch_loss_sum", 0.0), ckpt.get("epoch_loss_count", 0)
+    state.run_id = ckpt.get("wandb_run_id") or state.run_id
+    rngs = ckpt["rng"] if isinstance(ckpt["rng"], list) else [ckpt["rng"]]
+    if ckpt.get("world_size", 1) != state.world:
+        say(f"resuming a {ckpt.get('world_size', 1)}-process run with {state.world} processes: the data order "
+            f"of the current epoch differs from an uninterrupted run")
+    restore_rng(rngs[state.rank] if state.rank < len(rngs) else rngs[0])
+    say(f"resuming from {latest}: epoch {state.epoch} + {state.batch_in_epoch} batches, step {state.step}")
+
+
+def checkpoint_state(state: TrainState) -> dict:
+    """The training checkpoint (checkpoints.py): under DDP a collective call (every process's RNG)."""
+    rng = capture_rng()
+    if state.ddp:
+        all_rng = [None] * state.world
+        dist.all_gather_object(all_rng, rng)
+        rng = all_rng
     return {
-        "python": [py[0], list(py[1]), py[2]],
-        "numpy": {"name": npy[0], "keys": torch.from_numpy(npy[1].astype(np.int64)), "pos": int(npy[2]),
-                  "has_gauss": int(npy[3]), "cached_gaussian": float(npy[4])},
-        "torch": torch.get_rng_state(),
-        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+        "model": state.raw_model.state_dict(), "optimizer": state.optimizer.state_dict(),
+        "scheduler": state.scheduler.state_dict(), "scaler": state.scaler.state_dict() if state.scaler else None,
+        "epoch": state.epoch, "step": state.step, "batch_in_epoch": state.batch_in_epoch,
+        "config": state.raw_model.config, "rng": rng, "wandb_run_id": state.run_id, "version": CHECKPOINT_VERSION,
+        "best_val_loss": state.best_val, "nan_skipped": state.nan_skipped, "world_size": state.world,
+        "train_args": resume_args(state.args),
+        "epoch_loss_sum": state.loss_sum, "epoch_loss_count": state.loss_count,
     }
 
 
-def restore_rng(state: dict) -> None:
-    """Inverse of `capture_rng`."""
-    random.setstate((state["python"][0], tuple(state["python"][1]), state["python"][2]))
-    n = state["numpy"]
-    np.random.set_state((n["name"], n["keys"].numpy().astype(np.uint32), n["pos"], n["has_gauss"],
-                         n["cached_gaussian"]))
-    torch.set_rng_state(state["torch"].cpu())
-    if state["cuda"] and torch.cuda.is_available() and len(state["cuda"]) == torch.cuda.device_count():
-        torch.cuda.set_rng_state_all([s.cpu() for s in state["cuda"]])
+def save(state: TrainState, paths: list[Path]) -> None:
+    """Write the checkpoint to `paths` (rank 0); every process must call it under DDP."""
+    ckpt = checkpoint_state(state)
+    if state.master:
+        write_checkpoint(ckpt, paths)
+    if state.ddp:
+        dist.barrier()
 
+
+def run_epochs(state: TrainState, train_ds, val_ds, stopper) -> int:
+    """Epochs until --epochs, --max_steps or a signal; returns the exit code (0, or 130 after a signal)."""
+    args = state.args
+    sampler = DistributedSampler(train_ds, num_replicas=state.world, rank=state.rank, shuffle=True, seed=args.seed)
+    steps_per_epoch = math.ceil(len(sampler) / args.batch_size)
+    stopped = False
+    while state.epoch < args.epochs and not stopped:
+        if stopper.requested and not state.ddp:  # signal during validation/saving: latest.pth is current
+            stopped = True
+            break
+        stopped = run_epoch(state, train_ds, sampler, steps_per_epoch, stopper)
+        if state.batch_in_epoch >= steps_per_epoch:
+            state.epoch, state.batch_in_epoch = state.epoch + 1, 0
+            end_of_epoch(state, train_ds, val_ds)
+        elif stopped:
+            save(state, [state.latest])  # mid-epoch: the resume point is this exact step
+    if stopped and stopper.requested:
+        say(f"stopped at epoch {state.epoch} + {state.batch_in_epoch} batches, step {state.step}; saved "
+            f"{state.latest}. Run the same command again to resume.")
+        return 130
+    if stopped:
+        say(f"--max_steps {args.max_steps} reached (step {state.step}); saved {state.latest}")
+    else:
+        say(f"done: {state.epoch} epochs, {state.step} steps; checkpoints in {args.checkpoint_dir}/")
+    return 0
+
+
+def run_epoch(state: TrainState, train_ds, sampler, steps_per_epoch: int, stopper) -> bool:
+    """Train the batches of the current epoch not done yet (a resumed epoch skips the first
+    state.batch_in_epoch without loading them). Returns True when training must stop (signal, --max_steps)."""
+    args = state.args
+    train_ds.set_epoch(state.epoch)
+    sampler.set_epoch(state.epoch)
+    order = list(sampler)[state.batch_in_epoch * args.batch_size:]
+    loader = DataLoader(train_ds, batch_size=args.batch_size, sampler=order, num_workers=args.num_workers,
+                        pin_memory=state.device.type == "cuda", worker_init_fn=ignore_signals_in_worker,
+                        generator=torch.Generator().manual_seed(args.seed * 100003 + state.epoch))
+    bar = tqdm(total=steps_per_epoch, initial=state.batch_in_epoch, disable=not state.master, dynamic_ncols=True,
+               desc=f"epoch {state.epoch + 1}/{args.epochs}", unit="step", file=sys.stderr)
+    state.model.train()
+    stop = False
+    try:
+        for batch in batches(loader, stopper):
+            loss, ok, grad_norm, stop = train_step(state, batch, stopper.requested)
+            record_step(state, loss, ok, grad_norm)
+            bar.set_postfix(loss=f"{loss:.3f}", lr=f"{state.optimizer.param_groups[0]['lr']:.2e}", refresh=False)
+            bar.update(1)
+            stop = stop or bool(args.max_steps and state.step >= args.max_steps)
+            if stop:
+                break
+            if args.save_every_steps and state.step % args.save_every_steps == 0 \
+                    and state.batch_in_epoch < steps_per_epoch:
+                save(state, [state.latest])
+    finally:
+        bar.close()
+    # a DataLoader worker that got the signal ends the batches early
+    return stop or (stopper.requested and state.batch_in_epoch < steps_per_epoch)
+
+
+def batch_loss(state: TrainState, batch: dict) -> torch.Tensor:
+    """The loss of one batch: resynthesis of each crop from its own f0 [B, F] Hz and loudness [B, F] dB,
+    zeroed where the crop is padding, against the crop's audio [B, F * HOP] (multi-resolution STFT loss)."""
+    device = state.device
+    audio = batch["audio"].to(device, non_blocking=True)
+    mask = batch["mask"].to(device, non_blocking=True).repeat_interleave(HOP, dim=1)  # 0 = padding
+    with state.autocast():
+        pred = state.model(batch["f0_hz"].to(device, non_blocking=True),
+                           batch["loudness_db"].to(device, non_blocking=True))["audio"]
+    return state.loss_fn(pred.float() * mask, audio)
+
+
+def train_step(state: TrainState, batch: dict, stop_requested: bool) -> tuple[float, bool, float, bool]:
+    """Loss, backward, clip, optimizer and lr step (skipped for a non-finite loss or gradient).
+    Returns (loss, finite, grad_norm, stop): under DDP every process agrees on the last two."""
+    optimizer, scaler, grad_clip = state.optimizer, state.scaler, state.args.grad_clip
+    loss = batch_loss(state, batch)
+    optimizer.zero_grad(set_to_none=True)
+    (scaler.scale(loss) if scaler else loss).backward()
+    if scaler:
+        scaler.unscale_(optimizer)
+    grad_norm = torch.nn.utils.clip_grad_norm_(state.raw_model.parameters(), grad_clip if grad_clip > 0 else math.inf)
+    flags = torch.tensor([float(stop_requested), float(not torch.isfinite(loss))], device=state.device)
+    if state.ddp:  # every process must agree on stopping and on skipping
+        dist.all_reduce(flags, op=dist.ReduceOp.MAX)
+    loss_ok = flags[1].item() == 0
+    if loss_ok and (scaler or torch.isfinite(grad_norm)):  # a GradScaler skips overflowing steps itself
+        if scaler:
+            scaler.step(optimizer)
+        else:
+            optimizer.step()
+        state.scheduler.step()
+    if scaler:
+        scaler.update()
+    return loss.item(), loss_ok and bool(torch.isfinite(grad_norm)), float(grad_norm), bool(flags[0].item())
+
+
+def record_step(state: TrainState, loss: float, ok: bool, grad_norm: float) -> None:
+    """Count a finished step: the epoch's running loss (finite steps only) or a skipped step, which
+    stops training after --max_nan_steps in a row; the step's W&B values."""
+    state.step, state.batch_in_epoch = state.step + 1, state.batch_in_epoch + 1
+    if ok:
+        state.loss_sum, state.loss_count, state.consecutive_nan = state.loss_sum + loss, state.loss_count + 1, 0
+    else:
+        state.nan_skipped, state.consecutive_nan = state.nan_skipped + 1, state.consecutive_nan + 1
+        say(f"step {state.step}: non-finite loss or gradient, step skipped ({state.nan_skipped} so far)")
+        if state.consecutive_nan >= state.args.max_nan_steps:
+            raise UserError(f"{state.consecutive_nan} steps in a row had a non-finite loss (NaN/inf), each "
+                            f"skipped; stopped at step {state.step}. {state.latest} still holds the last good "
+                            f"state: try a lower --lr or --grad_clip, or check the data in {state.args.data_dir}")
+    wandb_logging.log(state.wandb_run, {"train_loss": loss, "lr": state.optimizer.param_groups[0]["lr"],
+                                        "grad_norm": grad_norm, "nan_skipped": state.nan_skipped}, state.step)
+
+
+def end_of_epoch(state: TrainState, train_ds, val_ds) -> None:
+    """Validate and log (rank 0), then save latest.pth, model_epoch_N.pth (every --save_every epochs)
+    and best.pth when the epoch's score (val loss, else train loss) is the lowest so far. An epoch
+    without a score (no finite step and no validation) never becomes best."""
+    args = state.args
+    train_loss = state.loss_sum / state.loss_count if state.loss_count else None
+    state.loss_sum, state.loss_count = 0.0, 0
+    val_loss = None
+    if state.master:
+        val_loss = validate(state, val_ds)
+        log_epoch(state, train_loss, val_loss, val_ds if val_ds is not None and len(val_ds) else train_ds)
+    score = val_loss if val_loss is not None else train_loss
+    score = torch.tensor([math.nan if score is None else score], device=state.device)
+    if state.ddp:
+        dist.broadcast(score, 0)
+    ckpt_dir = Path(args.checkpoint_dir)
+    paths = [state.latest]
+    if state.epoch % args.save_every == 0 or state.epoch == args.epochs:
+        paths.append(ckpt_dir / f"model_epoch_{state.epoch}.pth")
+    if math.isfinite(score.item()) and score.item() < state.best_val:
+        state.best_val = score.item()
+        paths.append(ckpt_dir / "best.pth")
+    save(state, paths)
+    if state.master:
+        prune_epoch_checkpoints(ckpt_dir, args.keep_last)
+
+
+def log_epoch(state: TrainState, train_loss: float | None, val_loss: float | None, example_ds) -> None:
+    """The epoch's losses on stderr and to W&B, with an audio example every --audio_every epochs."""
+    args = state.args
+    values = {"epoch": state.epoch}
+    if train_loss is not None:
+        values["train_loss_epoch"] = train_loss
+    if val_loss is not None:
+        values["val_loss"] = val_loss
+    if state.wandb_run is not None and args.audio_every and state.epoch % args.audio_every == 0:
+        values.update(wandb_logging.audio_example(state.raw_model, example_ds, args.seed, state.device))
+    wandb_logging.log(state.wandb_run, values, state.step)
+    say(f"epoch {state.epoch}: train loss "
+        + (f"{train_loss:.4f}" if train_loss is not None else "n/a (no finite step in this epoch)")
+        + (f", val loss {val_loss:.4f}" if val_loss is not None else ""))
+
+
+@torch.no_grad()
+def validate(state: TrainState, val_ds) -> float | None:
+    """Mean loss over the fixed validation crops (None without validation files). Runs under a forked
+    RNG seeded with --seed, so the noise is the same every epoch and training's RNG is untouched."""
+    if val_ds is None or len(val_ds) == 0:
+        return None
+    model, device = state.raw_model, state.device
+    model.eval()
+    devices = [device.index or 0] if device.type == "cuda" else []
+    total, count = 0.0, 0
+    with torch.random.fork_rng(devices=devices):
+        torch.manual_seed(state.args.seed)
+        for batch in DataLoader(val_ds, batch_size=state.args.batch_size, shuffle=False, num_workers=0):
+            mask = batch["mask"].to(device).repeat_interleave(HOP, dim=1)
+            with state.autocast():
+                pred = model(batch["f0_hz"].to(device), batch["loudness_db"].to(device))["audio"]
+            loss = state.loss_fn(pred.float() * mask, batch["audio"].to(device))
+            total += loss.item() * len(batch["audio"])
+            count += len(batch["audio"])
+    model.train()
+    return total / count
+
+
+# ---- small pieces ----------------------------------------------------------------------------------
 
 def cpu_has_native_bf16() -> bool:
     """True when this CPU computes bfloat16 matmuls natively (AVX512-BF16 or AMX)."""
@@ -209,100 +604,8 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def write_checkpoint(state: dict, paths: list[Path]) -> None:
-    """Serialise `state` once and write it to every path atomically."""
-    buf = io.BytesIO()
-    torch.save(state, buf)
-    data = buf.getvalue()
-    for path in paths:
-        with atomic_path(path) as tmp:
-            tmp.write_bytes(data)
-
-
-def load_checkpoint(path: Path) -> dict:
-    try:
-        ckpt = torch_load(path)
-    except Exception as e:
-        raise UserError(f"{path}: cannot be read ({type(e).__name__}); copy a model_epoch_N.pth over it to "
-                        f"resume from there, or pass --fresh to start over") from None
-    needed = ("model", "optimizer", "scheduler", "epoch", "step", "config", "rng", "version")
-    if not isinstance(ckpt, dict) or any(k not in ckpt for k in needed):
-        raise UserError(f"{path}: not a training checkpoint of this train.py; pass --fresh to start over "
-                        f"(the old files are moved aside)")
-    if ckpt["version"] != CHECKPOINT_VERSION:
-        raise UserError(f"{path}: checkpoint version {ckpt['version']}, this train.py writes "
-                        f"{CHECKPOINT_VERSION}; pass --fresh to start over")
-    return ckpt
-
-
-def check_resume_conflicts(ckpt: dict, args, latest: Path) -> None:
-    """UserError naming the flag when this command asks for a different model or training setup."""
-    for key in MODEL_FLAG_KEYS:
-        old, new = ckpt["config"].get(key), getattr(args, key)
-        if old != new:
-            raise UserError(f"{latest} was trained with --{key} {old} but this command asks for {new}; "
-                            f"pass --{key} {old} to resume it, or --fresh to start a new run")
-    old_args = ckpt.get("train_args", {})
-    for key in RESUME_KEYS:
-        if key in old_args and old_args[key] != getattr(args, key):
-            raise UserError(f"{latest} was trained with --{key} {old_args[key]} but this command asks for "
-                            f"{getattr(args, key)}; pass --{key} {old_args[key]} to resume it, or --fresh "
-                            f"to start a new run")
-
-
-def move_aside(ckpt_dir: Path) -> Path | None:
-    """--fresh: move everything in ckpt_dir (except earlier old-* folders) into ckpt_dir/old-<time>/."""
-    if not ckpt_dir.is_dir():
-        return None
-    entries = [p for p in ckpt_dir.iterdir() if not p.name.startswith("old-")]
-    if not entries:
-        return None
-    dest = ckpt_dir / time.strftime("old-%Y%m%d-%H%M%S")
-    n = 1
-    while dest.exists():
-        dest = ckpt_dir / f"{time.strftime('old-%Y%m%d-%H%M%S')}-{n}"
-        n += 1
-    dest.mkdir()
-    for p in entries:
-        shutil.move(str(p), str(dest / p.name))
-    return dest
-
-
-def prune_epoch_checkpoints(ckpt_dir: Path, keep_last: int) -> None:
-    if keep_last <= 0:
-        return
-    def epoch_of(p):
-        try:
-            return int(p.stem.rsplit("_", 1)[1])
-        except ValueError:
-            return -1
-    files = sorted(ckpt_dir.glob("model_epoch_*.pth"), key=epoch_of)
-    for p in files[:-keep_last]:
-        p.unlink(missing_ok=True)
-
-
 def new_run_id() -> str:
     return "".join(secrets.choice(string.ascii_lowercase + string.digits) for _ in range(8))
-
-
-def resolve_wandb_mode(choice: str) -> str:
-    """auto -> WANDB_MODE if set, online when an API key is available (env or netrc), else offline."""
-    if choice != "auto":
-        return choice
-    env = os.environ.get("WANDB_MODE", "").lower()
-    if env in ("online", "offline", "disabled"):
-        return env
-    if env == "dryrun":
-        return "offline"
-    if os.environ.get("WANDB_API_KEY"):
-        return "online"
-    host = urlparse(os.environ.get("WANDB_BASE_URL", "https://api.wandb.ai")).hostname
-    try:
-        if host and netrc.netrc().authenticators(host):
-            return "online"
-    except (FileNotFoundError, netrc.NetrcParseError, OSError):
-        pass
-    return "offline"
 
 
 class GracefulStop:
@@ -374,378 +677,5 @@ def init_distributed(device_flag: str):
     return rank, world, device
 
 
-def spectrogram_figure(original: np.ndarray, reconstruction: np.ndarray):
-    """Matplotlib figure: log-magnitude spectrograms of the original (top) and reconstruction (bottom)."""
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, axes = plt.subplots(2, 1, figsize=(8, 6), sharex=True)
-    window = torch.hann_window(1024)
-    for ax, audio, title in zip(axes, (original, reconstruction), ("original", "reconstruction")):
-        spec = torch.stft(torch.as_tensor(audio), 1024, 256, window=window, return_complex=True).abs()
-        db = 20 * torch.log10(spec.clamp_min(1e-5))
-        ax.imshow(db.numpy(), origin="lower", aspect="auto", vmin=float(db.max()) - 80, vmax=float(db.max()),
-                  extent=(0, len(audio) / SAMPLE_RATE, 0, SAMPLE_RATE / 2000), cmap="magma")
-        ax.set_title(title)
-        ax.set_ylabel("kHz")
-    axes[-1].set_xlabel("seconds")
-    fig.tight_layout()
-    return fig
-
-
-# ---- training ------------------------------------------------------------------------------------
-
-def main(argv=None) -> int:
-    args = build_parser().parse_args(argv)
-    apply_threads(args.threads)
-    if args.update_stats:
-        changed = refresh_checkpoint_statistics(args.update_stats, args.data_dir, args.val_fraction)
-        print(f"{args.update_stats}: training-set statistics recomputed from {args.data_dir}; "
-              f"{'updated ' + ', '.join(changed) if changed else 'nothing changed'}")
-        return 0
-    dist_info = init_distributed(args.device)
-    previous_deterministic = torch.are_deterministic_algorithms_enabled()
-    try:
-        return train(args, dist_info)
-    finally:
-        torch.use_deterministic_algorithms(previous_deterministic)
-        if dist_info is not None and dist.is_initialized():
-            dist.destroy_process_group()
-
-
-def train(args, dist_info) -> int:
-    rank, world, device = dist_info if dist_info else (0, 1, pick_device(args.device))
-    master = rank == 0
-    ddp = dist_info is not None
-
-    def say(msg: str) -> None:
-        if master:
-            tqdm.write(msg, file=sys.stderr)
-
-    for name in ("batch_size", "epochs", "crop_seconds", "save_every", "lr_decay_steps"):
-        if getattr(args, name) <= 0:
-            raise UserError(f"--{name} {getattr(args, name)}: must be positive")
-    if args.amp and device.type == "cpu" and not cpu_has_native_bf16():
-        say("--amp: this CPU has no native bfloat16 (AVX512-BF16 or AMX); autocast will emulate it and "
-            "may be slower than float32")
-    if args.deterministic:
-        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")  # needed by cuBLAS for determinism
-        torch.use_deterministic_algorithms(True, warn_only=True)
-        torch.backends.cudnn.benchmark = False
-        torch.backends.cudnn.deterministic = True
-    debug_nan_steps = {int(s) for s in args.debug_nan_steps.split(",") if s.strip()}
-
-    # -- checkpoint dir: --fresh, resume --
-    ckpt_dir = Path(args.checkpoint_dir)
-    latest = ckpt_dir / "latest.pth"
-    if args.fresh and master:
-        moved = move_aside(ckpt_dir)
-        if moved:
-            say(f"--fresh: moved the previous checkpoints to {moved}/ (leave --fresh off next time to "
-                f"resume this new run)")
-    if ddp:
-        dist.barrier()
-    ckpt = None
-    if latest.exists() and not args.fresh:
-        ckpt = load_checkpoint(latest)
-        check_resume_conflicts(ckpt, args, latest)
-        if ckpt["epoch"] >= args.epochs:
-            say(f"{latest} has already trained {ckpt['epoch']} epochs (--epochs {args.epochs}); nothing to "
-                f"do. Pass a larger --epochs to continue, or --fresh to start over.")
-            return 0
-        if args.max_steps and ckpt["step"] >= args.max_steps:
-            say(f"{latest} is at step {ckpt['step']}, already past --max_steps {args.max_steps}; nothing to do")
-            return 0
-
-    # -- data --
-    train_ds = NeuralGuitarDataset(args.data_dir, args.crop_seconds, "train", args.val_fraction, args.seed)
-    val_ds = NeuralGuitarDataset(args.data_dir, args.crop_seconds, "val", args.val_fraction, args.seed) \
-        if master else None
-    say(train_ds.describe())
-    if val_ds is not None:
-        say(val_ds.describe() if len(val_ds) else "val: no files (one file only, or --val_fraction 0): "
-            "best.pth follows the training loss")
-
-    # -- model, optimizer, schedule --
-    seed_everything(args.seed)
-    config = ckpt["config"] if ckpt else models.build_config(**model_overrides(args), **train_ds.stats)
-    raw_model = models.NeuralGuitar.from_config(config).to(device)
-    optimizer = torch.optim.Adam(raw_model.parameters(), lr=args.lr)
-    scheduler = torch.optim.lr_scheduler.ExponentialLR(optimizer, gamma=args.lr_decay ** (1.0 / args.lr_decay_steps))
-    amp_dtype = amp_dtype_for(device) if args.amp else None
-    scaler = torch.amp.GradScaler("cuda") if amp_dtype == torch.float16 else None
-    epoch, step, batch_in_epoch, nan_skipped = 0, 0, 0, 0
-    best_val = math.inf
-    run_id = new_run_id()
-    if ckpt:
-        raw_model.load_state_dict(ckpt["model"])
-        optimizer.load_state_dict(ckpt["optimizer"])
-        scheduler.load_state_dict(ckpt["scheduler"])
-        if scaler is not None and ckpt.get("scaler"):
-            scaler.load_state_dict(ckpt["scaler"])
-        epoch, step, batch_in_epoch = ckpt["epoch"], ckpt["step"], ckpt.get("batch_in_epoch", 0)
-        nan_skipped, best_val = ckpt.get("nan_skipped", 0), ckpt.get("best_val_loss", math.inf)
-        run_id = ckpt.get("wandb_run_id") or run_id
-        rngs = ckpt["rng"] if isinstance(ckpt["rng"], list) else [ckpt["rng"]]
-        if ckpt.get("world_size", 1) != world:
-            say(f"resuming a {ckpt.get('world_size', 1)}-process run with {world} processes: the data order "
-                f"of the current epoch differs from an uninterrupted run")
-        restore_rng(rngs[rank] if rank < len(rngs) else rngs[0])
-        say(f"resuming from {latest}: epoch {epoch} + {batch_in_epoch} batches, step {step}")
-    else:
-        seed_everything(args.seed + rank)  # noise differs per process; crops/order are seeded separately
-    model = DistributedDataParallel(raw_model, device_ids=[device.index] if device.type == "cuda" else None) \
-        if ddp else raw_model
-    loss_fn = MultiResolutionSTFTLoss().to(device)
-    n_params = sum(p.numel() for p in raw_model.parameters())
-    say(f"model: {config['decoder']} decoder, hidden {config['hidden_size']}, {config['n_harmonics']} harmonics, "
-        f"{config['n_noise_bands']} noise bands, {n_params / 1e6:.2f} M parameters; device {device}"
-        f"{f' x {world} processes' if ddp else ''}{' (amp ' + str(amp_dtype).split('.')[-1] + ')' if args.amp else ''}")
-
-    # -- W&B (rank 0) --
-    wandb_run = None
-    if master:
-        wandb_run = start_wandb(args, run_id, ckpt_dir, config, say)
-
-    def checkpoint_state() -> dict:
-        rng = capture_rng()
-        if ddp:
-            all_rng = [None] * world
-            dist.all_gather_object(all_rng, rng)
-            rng = all_rng
-        return {
-            "model": raw_model.state_dict(), "optimizer": optimizer.state_dict(),
-            "scheduler": scheduler.state_dict(), "scaler": scaler.state_dict() if scaler else None,
-            "epoch": epoch, "step": step, "batch_in_epoch": batch_in_epoch, "config": raw_model.config,
-            "rng": rng, "wandb_run_id": run_id, "version": CHECKPOINT_VERSION, "best_val_loss": best_val,
-            "nan_skipped": nan_skipped, "world_size": world,
-            "train_args": {k: getattr(args, k) for k in RESUME_KEYS},
-        }
-
-    def save(paths: list[Path]) -> None:
-        state = checkpoint_state()  # collective under DDP: every rank calls save()
-        if master:
-            write_checkpoint(state, paths)
-        if ddp:
-            dist.barrier()
-
-    autocast = (lambda: torch.autocast(device.type, dtype=amp_dtype)) if args.amp else nullcontext
-
-    def train_step(batch: dict, stop_requested: bool) -> tuple[float, bool, float, bool]:
-        """Forward, loss, backward, clip, optimizer step (skipped for a non-finite loss or gradient).
-        Returns (loss, loss_finite, grad_norm, stop): under DDP every process agrees on the last two."""
-        audio = batch["audio"].to(device, non_blocking=True)
-        mask = batch["mask"].to(device, non_blocking=True).repeat_interleave(HOP, dim=1)  # 0 = padding
-        with autocast():
-            pred = model(batch["f0_hz"].to(device, non_blocking=True),
-                         batch["loudness_db"].to(device, non_blocking=True))["audio"]
-        loss = loss_fn(pred.float() * mask, audio)
-        if step in debug_nan_steps:
-            loss = loss * float("nan")
-        optimizer.zero_grad(set_to_none=True)
-        (scaler.scale(loss) if scaler else loss).backward()
-        if scaler:
-            scaler.unscale_(optimizer)
-        grad_norm = torch.nn.utils.clip_grad_norm_(raw_model.parameters(),
-                                                   args.grad_clip if args.grad_clip > 0 else math.inf)
-        flags = torch.tensor([float(stop_requested), float(not torch.isfinite(loss))], device=device)
-        if ddp:  # every process must agree on stopping and on skipping
-            dist.all_reduce(flags, op=dist.ReduceOp.MAX)
-        loss_ok = flags[1].item() == 0
-        if loss_ok and (scaler or torch.isfinite(grad_norm)):  # a GradScaler skips overflowing steps itself
-            if scaler:
-                scaler.step(optimizer)
-            else:
-                optimizer.step()
-            scheduler.step()
-        if scaler:
-            scaler.update()
-        return loss.item(), loss_ok and bool(torch.isfinite(grad_norm)), float(grad_norm), bool(flags[0].item())
-
-    def end_of_epoch(train_loss: float) -> None:
-        """Validate, log (audio every --audio_every epochs), save latest / model_epoch_N / best."""
-        nonlocal best_val
-        val_loss = None
-        if master:
-            val_loss = validate(raw_model, val_ds, loss_fn, args, device, autocast)
-            log = {"epoch": epoch, "train_loss_epoch": train_loss}
-            if val_loss is not None:
-                log["val_loss"] = val_loss
-            if wandb_run is not None and args.audio_every and epoch % args.audio_every == 0:
-                example_ds = val_ds if val_ds is not None and len(val_ds) else train_ds
-                log.update(audio_example(raw_model, example_ds, args, device))
-            if wandb_run is not None:
-                wandb_run.log(log, step=step)
-            say(f"epoch {epoch}: train loss {train_loss:.4f}"
-                + (f", val loss {val_loss:.4f}" if val_loss is not None else ""))
-        score = torch.tensor([val_loss if val_loss is not None else train_loss], device=device)
-        if ddp:
-            dist.broadcast(score, 0)
-        paths = [latest]
-        if epoch % args.save_every == 0 or epoch == args.epochs:
-            paths.append(ckpt_dir / f"model_epoch_{epoch}.pth")
-        if score.item() < best_val:
-            best_val = score.item()
-            paths.append(ckpt_dir / "best.pth")
-        save(paths)
-        if master:
-            prune_epoch_checkpoints(ckpt_dir, args.keep_last)
-
-    # -- loop --
-    sampler = DistributedSampler(train_ds, num_replicas=world, rank=rank, shuffle=True, seed=args.seed)
-    steps_per_epoch = math.ceil(len(sampler) / args.batch_size)
-    consecutive_nan, stopped, exit_code = 0, False, 0
-    try:
-        with GracefulStop(grace_s=2.0 if ddp else 0.0, say=say) as stopper:
-            while epoch < args.epochs and not stopped:
-                if stopper.requested and not ddp:  # signal during validation/saving: latest.pth is current
-                    stopped = True
-                    break
-                train_ds.set_epoch(epoch)
-                sampler.set_epoch(epoch)
-                order = list(sampler)[batch_in_epoch * args.batch_size:]  # skip what a resumed run did
-                loader = DataLoader(train_ds, batch_size=args.batch_size, sampler=order,
-                                    num_workers=args.num_workers, pin_memory=device.type == "cuda",
-                                    worker_init_fn=ignore_signals_in_worker,
-                                    generator=torch.Generator().manual_seed(args.seed * 100003 + epoch))
-                bar = tqdm(total=steps_per_epoch, initial=batch_in_epoch, disable=not master, dynamic_ncols=True,
-                           desc=f"epoch {epoch + 1}/{args.epochs}", unit="step", file=sys.stderr)
-                model.train()
-                loss_sum, loss_count = 0.0, 0
-                try:
-                    for batch in batches(loader, stopper):
-                        loss, ok, grad_norm, stop = train_step(batch, stopper.requested)
-                        step, batch_in_epoch = step + 1, batch_in_epoch + 1
-                        if ok:
-                            loss_sum, loss_count, consecutive_nan = loss_sum + loss, loss_count + 1, 0
-                        else:
-                            nan_skipped, consecutive_nan = nan_skipped + 1, consecutive_nan + 1
-                            say(f"step {step}: non-finite loss or gradient, step skipped ({nan_skipped} so far)")
-                            if consecutive_nan >= args.max_nan_steps:
-                                raise UserError(
-                                    f"{consecutive_nan} steps in a row had a non-finite loss (NaN/inf), each "
-                                    f"skipped; stopped at step {step}. {latest} still holds the last good state: "
-                                    f"try a lower --lr or --grad_clip, or check the data in {args.data_dir}")
-                        lr = optimizer.param_groups[0]["lr"]
-                        bar.set_postfix(loss=f"{loss:.3f}", lr=f"{lr:.2e}", refresh=False)
-                        bar.update(1)
-                        if wandb_run is not None:
-                            wandb_run.log({"train_loss": loss, "lr": lr, "grad_norm": grad_norm,
-                                           "nan_skipped": nan_skipped}, step=step)
-                        if stop or (args.max_steps and step >= args.max_steps):
-                            stopped = True
-                            break
-                        if args.save_every_steps and step % args.save_every_steps == 0 \
-                                and batch_in_epoch < steps_per_epoch:
-                            save([latest])
-                finally:
-                    bar.close()
-                if stopper.requested and batch_in_epoch < steps_per_epoch:
-                    stopped = True  # the batches ended early because a DataLoader worker got the signal
-                if batch_in_epoch >= steps_per_epoch:
-                    epoch, batch_in_epoch = epoch + 1, 0
-                    end_of_epoch(loss_sum / max(loss_count, 1))
-                elif stopped:
-                    save([latest])  # mid-epoch: the resume point is this exact step
-            if stopped and stopper.requested:
-                say(f"stopped at epoch {epoch} + {batch_in_epoch} batches, step {step}; saved {latest}. "
-                    f"Run the same command again to resume.")
-                exit_code = 130
-            elif stopped:
-                say(f"--max_steps {args.max_steps} reached (step {step}); saved {latest}")
-            else:
-                say(f"done: {epoch} epochs, {step} steps; checkpoints in {ckpt_dir}/")
-    except KeyboardInterrupt:
-        exit_code = 130
-        raise
-    except BaseException:
-        exit_code = 1
-        raise
-    finally:
-        if wandb_run is not None:
-            wandb_run.finish(exit_code=exit_code)
-    return exit_code
-
-
-@torch.no_grad()
-def validate(model, val_ds, loss_fn, args, device, autocast) -> float | None:
-    """Mean loss over the fixed validation crops (None without validation files). Runs under a forked
-    RNG seeded with --seed, so the noise is the same every epoch and training's RNG is untouched."""
-    if val_ds is None or len(val_ds) == 0:
-        return None
-    model.eval()
-    devices = [device.index or 0] if device.type == "cuda" else []
-    total, count = 0.0, 0
-    with torch.random.fork_rng(devices=devices):
-        torch.manual_seed(args.seed)
-        loader = DataLoader(val_ds, batch_size=args.batch_size, shuffle=False, num_workers=0)
-        for batch in loader:
-            mask = batch["mask"].to(device).repeat_interleave(HOP, dim=1)
-            with autocast():
-                pred = model(batch["f0_hz"].to(device), batch["loudness_db"].to(device))["audio"]
-            loss = loss_fn(pred.float() * mask, batch["audio"].to(device))
-            total += loss.item() * len(batch["audio"])
-            count += len(batch["audio"])
-    model.train()
-    return total / count
-
-
-@torch.no_grad()
-def audio_example(model, dataset, args, device) -> dict:
-    """W&B media for one fixed crop: the original, its reconstruction from its own f0/loudness, and a
-    spectrogram comparison image."""
-    import matplotlib.pyplot as plt
-    import wandb
-
-    item = dataset.example()
-    model.eval()
-    devices = [device.index or 0] if device.type == "cuda" else []
-    with torch.random.fork_rng(devices=devices):
-        torch.manual_seed(args.seed)
-        recon = model(item["f0_hz"][None].to(device), item["loudness_db"][None].to(device))["audio"][0]
-    model.train()
-    original = item["audio"].numpy()
-    recon = recon.float().cpu().numpy()
-    fig = spectrogram_figure(original, recon)
-    media = {
-        "audio/original": wandb.Audio(original, sample_rate=SAMPLE_RATE, caption="original crop"),
-        "audio/reconstruction": wandb.Audio(np.clip(recon, -1, 1), sample_rate=SAMPLE_RATE,
-                                            caption="resynthesised from the crop's f0 + loudness"),
-        "spectrogram": wandb.Image(fig, caption="top: original, bottom: reconstruction"),
-    }
-    plt.close(fig)
-    return media
-
-
-def start_wandb(args, run_id: str, ckpt_dir: Path, config: dict, say):
-    """wandb.init in the chosen mode (resuming run `run_id`), or None when disabled. Never prints the key."""
-    mode = resolve_wandb_mode(args.wandb)
-    if mode == "disabled":
-        return None
-    import wandb
-
-    ckpt_dir.mkdir(parents=True, exist_ok=True)
-    run_config = {**{k: v for k, v in vars(args).items() if k not in ("debug_nan_steps",)},
-                  **{f"model/{k}": v for k, v in config.items() if k not in ("loudness_quantiles", "pluck_envelope")}}
-
-    def init(m):
-        return wandb.init(project=args.wandb_project, id=run_id, resume="allow", name=args.run_name,
-                          dir=str(ckpt_dir), mode=m, config=run_config)
-    try:
-        run = init(mode)
-    except Exception as e:  # e.g. no network for an online run
-        if mode != "online":
-            raise
-        say(f"W&B online init failed ({type(e).__name__}); logging offline instead")
-        mode, run = "offline", init("offline")
-    if mode == "offline":
-        why = "not logged in, so " if args.wandb == "auto" else ""
-        say(f"W&B: {why}logging offline; upload later with: wandb sync {ckpt_dir}/wandb/offline-run-*-{run_id}"
-            f"{'   (or run `wandb login` once for live logging)' if why else ''}")
-    return run
-
-
 if __name__ == "__main__":
-    reexec_with_malloc_tunables()  # less heap fragmentation: ~0.1-0.2 GB lower peak RSS (utils.MALLOC_TUNABLES)
     run_main(main)

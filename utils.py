@@ -162,28 +162,3 @@ def run_main(main: Callable[[list[str] | None], int | None]) -> None:
         sys.exit(130)
     sys.exit(code or 0)
 
-
-# glibc malloc settings for training processes: blocks >= 16 MiB are mmap'ed (returned to the OS when freed)
-# and backed by transparent huge pages. By default glibc raises its mmap threshold on the fly up to 32 MiB,
-# so PyTorch's ~33 MB activations end up in the heap and fragment it: a training step of the default
-# config then peaked at 2.0-2.1 GB resident over a few steps instead of ~1.9 GB, at the same speed.
-MALLOC_TUNABLES = "glibc.malloc.hugetlb=1:glibc.malloc.mmap_threshold=16777216"
-
-
-def with_malloc_tunables(env: dict | None = None) -> dict:
-    """A copy of `env` (default: os.environ) with GLIBC_TUNABLES = MALLOC_TUNABLES, unless the user set
-    GLIBC_TUNABLES already. Other C libraries ignore the variable."""
-    env = dict(os.environ if env is None else env)
-    env.setdefault("GLIBC_TUNABLES", MALLOC_TUNABLES)
-    return env
-
-
-def reexec_with_malloc_tunables() -> None:
-    """Restart this process (same PID, same arguments and interpreter flags) with `with_malloc_tunables`
-    applied, once, on Linux: glibc reads its tunables only at start-up. Call it first thing in a script's
-    `if __name__ == "__main__":` block; a no-op when GLIBC_TUNABLES is already set or elsewhere."""
-    if sys.platform != "linux" or "GLIBC_TUNABLES" in os.environ:
-        return
-    sys.stdout.flush()
-    sys.stderr.flush()
-    os.execve(sys.executable, sys.orig_argv, with_malloc_tunables())

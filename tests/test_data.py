@@ -140,14 +140,25 @@ def test_statistics_match_numpy(tmp_path):
     assert stats["loudness_std"] == pytest.approx(loud_on.std(), abs=1e-4)
     np.testing.assert_allclose(stats["loudness_quantiles"], np.percentile(loud_on, np.arange(101)), atol=1e-4)
     assert len(stats["loudness_quantiles"]) == 101
-    assert stats["mean_midi"] == pytest.approx(librosa.hz_to_midi(f0[per > 0.5]).mean(), abs=1e-4)
+    assert stats["mean_midi"] == pytest.approx(librosa.hz_to_midi(f0[per >= 0.5]).mean(), abs=1e-4)
     assert va.stats == stats  # the val dataset reports the TRAIN statistics too
     assert dataset_statistics([tmp_path / n for n in tr.files]) == stats
     assert all(isinstance(v, float) for k, v in stats.items() if k not in ("loudness_quantiles", "pluck_envelope"))
     assert stats["pluck_envelope"] is None or isinstance(stats["pluck_envelope"], dict)  # tests/test_pluck_envelope.py
 
 
-def test_silent_crops_are_never_drawn(tmp_path):
+def test_mean_midi_counts_frames_at_the_voiced_threshold():
+    """A frame is voiced at periodicity >= features.VOICED_THRESHOLD (0.5), the rule features.py uses."""
+    n = 300
+    f0 = np.repeat([220.0, 880.0, 110.0], n).astype(np.float32)            # A3, A5, A2
+    per = np.repeat([1.0, features.VOICED_THRESHOLD, 0.49], n).astype(np.float32)
+    feat = {"f0_hz": torch.from_numpy(f0), "periodicity": torch.from_numpy(per),
+            "loudness_db": torch.full((3 * n,), -20.0)}
+    want = librosa.hz_to_midi(np.array([220.0, 880.0])).mean()             # A3 and A5, not A2: 69.0
+    assert dataset_statistics([feat])["mean_midi"] == pytest.approx(want, abs=1e-6)
+
+
+def test_silent_crops_are_never_drawn(tmp_path, caplog):
     audio = np.concatenate([sine(330, 0.6), np.zeros(int(3.0 * SR))])
     write_features(tmp_path / "mostly_silent.pt", audio, 330.0)
     ds = NeuralGuitarDataset(tmp_path, crop_seconds=0.5, split="train", val_fraction=0.0)
@@ -164,11 +175,13 @@ def test_silent_crops_are_never_drawn(tmp_path):
     # a file that is silent throughout is left out with a warning; only silent files -> UserError
     write_features(tmp_path / "w" / "loud.pt", audio, 330.0)
     write_features(tmp_path / "w" / "silent.pt", np.zeros(SR), 100.0)
-    with pytest.warns(UserWarning, match="silent throughout"):
+    with caplog.at_level("WARNING", logger="data"):
         tr = NeuralGuitarDataset(tmp_path / "w", crop_seconds=0.5, split="train", val_fraction=0.0)
     assert tr.names == ["loud.pt"]
+    assert [r.getMessage() for r in caplog.records] == [
+        f"{tmp_path / 'w' / 'silent.pt'}: silent throughout (below {features.SILENCE_DB} dB); left out of the train split"]
     (tmp_path / "w" / "loud.pt").unlink()
-    with pytest.warns(UserWarning), pytest.raises(UserError, match="silent"):
+    with pytest.raises(UserError, match="silent"):
         NeuralGuitarDataset(tmp_path / "w", crop_seconds=0.5, split="train", val_fraction=0.0)
 
 

@@ -1,5 +1,5 @@
 """The learned plucked-note envelope: the training-set statistic (data.pluck_envelope_statistic), its use
-in transfer.py's pluck envelope, and recomputing it for an existing checkpoint (train.py --update_stats).
+in transfer.py's pluck envelope, and recomputing it for an existing checkpoint (update_stats.py).
 
 Oracles: synthetic training sets whose notes decay at known rates (straight lines in dB after a known
 attack), so the statistic must give back those curves; a sustained hum, whose plucked rendering must then
@@ -91,11 +91,12 @@ def test_statistic_recovers_known_attack_and_decay_per_pitch_band(plucked_set):
     assert data.dataset_statistics(plucked_set)["pluck_envelope"] == stat
 
 
-def test_statistic_without_notes_is_none_and_transfer_falls_back():
+def test_statistic_without_notes_is_none_and_transfer_falls_back(caplog):
     silent = {"f0_hz": torch.full((500,), 200.0), "periodicity": torch.zeros(500),
               "loudness_db": torch.full((500,), -30.0)}
-    with pytest.warns(UserWarning, match="no notes"):
+    with caplog.at_level("WARNING", logger="data"):
         assert data.pluck_envelope_statistic([silent]) is None
+    assert any("no notes found" in r.getMessage() for r in caplog.records)
     np.testing.assert_allclose(notes.pluck_curve(250, 60.0, None, decay_db_per_s=20.0),
                                -20.0 * np.arange(250) / FR)
 
@@ -160,7 +161,7 @@ def test_transfer_of_a_sustained_hum_follows_the_stored_curve_and_stops_with_it(
 
 
 # ---------------------------------------------------------------------------------------------------
-# Recomputing the statistics of an existing checkpoint: train.py --update_stats
+# Recomputing the statistics of an existing checkpoint: update_stats.py
 # ---------------------------------------------------------------------------------------------------
 
 def feature_folder(root: Path, plucked_set) -> Path:
@@ -173,7 +174,7 @@ def feature_folder(root: Path, plucked_set) -> Path:
 
 
 def test_update_stats_adds_the_statistic_and_keeps_everything_else(plucked_set, tmp_path, monkeypatch, capsys):
-    import train
+    import update_stats
     from utils import atomic_torch_save
 
     folder = feature_folder(tmp_path / "feats", plucked_set)
@@ -184,23 +185,25 @@ def test_update_stats_adds_the_statistic_and_keeps_everything_else(plucked_set, 
             "optimizer": {"state": {}}, "epoch": 3}
     path = tmp_path / "old.pth"
     atomic_torch_save(ckpt, path)
-    code, out, _ = run_cli(train.main, ["--data_dir", folder, "--update_stats", path], monkeypatch, capsys)
+    code, out, _ = run_cli(update_stats.main, [path, "--data_dir", folder], monkeypatch, capsys)
     assert code == 0 and "updated pluck_envelope" in out
     new = torch.load(path, weights_only=True)
     assert new["config"] == {"hidden_size": 8, **stats}                      # added; the rest as it was
     assert torch.equal(new["model"]["w"], ckpt["model"]["w"]) and new["epoch"] == 3 and "optimizer" in new
-    code, out, _ = run_cli(train.main, ["--data_dir", folder, "--update_stats", path], monkeypatch, capsys)
+    code, out, _ = run_cli(update_stats.main, [path, "--data_dir", folder], monkeypatch, capsys)
     assert code == 0 and "nothing changed" in out                            # idempotent
     # another data set (or split) than the model was trained on: one line, exit 1, file untouched
     ckpt["config"]["loudness_mean"] += 1.0
     atomic_torch_save(ckpt, path)
     before = path.read_bytes()
-    code, _, err = run_cli(train.main, ["--data_dir", folder, "--update_stats", path], monkeypatch, capsys)
+    code, _, err = run_cli(update_stats.main, [path, "--data_dir", folder], monkeypatch, capsys)
     assert code == 1 and len(err.strip().splitlines()) == 1 and "loudness_mean" in err and str(path) in err
     assert path.read_bytes() == before
-    code, _, err = run_cli(train.main, ["--data_dir", folder, "--update_stats", tmp_path / "nope.pth"],
+    code, _, err = run_cli(update_stats.main, [tmp_path / "nope.pth", "--data_dir", folder],
                            monkeypatch, capsys)
     assert code == 1 and len(err.strip().splitlines()) == 1 and "nope.pth" in err
+    code, out, _ = run_cli(update_stats.main, ["--help"], monkeypatch, capsys)
+    assert code == 0 and "--data_dir" in out and "(default: 0.1)" in out
 
 
 def test_bundled_model_carries_the_statistic_of_its_training_data():

@@ -4,6 +4,7 @@ Covers: checkpoints + W&B offline files read back from disk, exact resume (epoch
 after SIGINT), SIGKILL during checkpoint writes, torchrun/DDP with gloo, loss going down, config
 conflicts, --fresh, NaN steps. Feature files are written directly in preprocess.py's schema (no CREPE).
 """
+import math
 import os
 import re
 import signal
@@ -227,7 +228,7 @@ def test_sigint_mid_epoch_saves_and_resumes_exactly(data_dir, reference, tmp_pat
     assert_same_weights(torch_load(ck / "latest.pth")["model"], reference["model"])
 
 
-def test_sigkill_during_checkpoint_writes_leaves_latest_loadable(data_dir, tmp_path):
+def test_sigkill_during_checkpoint_writes_leaves_latest_loadable_and_the_next_run_cleans_up(data_dir, tmp_path, capsys):
     ck = tmp_path / "ck"
     cmd = [sys.executable, str(REPO / "train.py"), "--data_dir", str(data_dir), "--checkpoint_dir", str(ck),
            "--epochs", "100", "--save_every_steps", "1", "--wandb", "disabled", *TINY]
@@ -251,6 +252,16 @@ def test_sigkill_during_checkpoint_writes_leaves_latest_loadable(data_dir, tmp_p
         assert state["step"] >= last_step and "model" in state and "optimizer" in state
         last_step = state["step"]
     assert last_step > 0
+    # temp files of killed writes (one of each kind for sure) are removed by the next run; others stay
+    for name in (".latest.pth.k1ll3d.tmp", ".best.pth.abc.tmp", ".model_epoch_7.pth.xyz.tmp"):
+        (ck / name).write_bytes(b"\0" * 1_000_000)
+    stale = {p.name for p in ck.glob(".*.pth.*.tmp")}
+    others = (ck / ".notes.txt.abc.tmp", ck / "mine.tmp", ck / ".latest.pth.tmp")
+    for p in others:
+        p.write_text("not train.py's")
+    assert run(data_dir, ck, "--epochs", "100", "--save_every_steps", "1", "--max_steps", last_step + 1) == 0
+    assert re.search(rf"removed {len(stale)} temp files \(\d+\.\d MB\)", capsys.readouterr().err)
+    assert not list(ck.glob(".*.pth.*.tmp")) and all(p.exists() for p in others)
 
 
 def test_torchrun_two_processes_gloo(data_dir, tmp_path):
@@ -305,17 +316,26 @@ def test_conflicting_config_and_fresh(data_dir, tmp_path, capsys):
     assert new["config"]["hidden_size"] == 64 and new["step"] == 1
 
 
-def test_nan_loss_steps_are_skipped(data_dir, tmp_path):
+def nan_loss_at(monkeypatch, steps):
+    """Make train.batch_loss return NaN at the given steps (counted from 0, before the step)."""
+    real = train.batch_loss
+    monkeypatch.setattr(train, "batch_loss",
+                        lambda state, batch: real(state, batch) * (math.nan if state.step in steps else 1.0))
+
+
+def test_nan_loss_steps_are_skipped(data_dir, tmp_path, monkeypatch):
     ck = tmp_path / "ck"
-    assert run(data_dir, ck, "--epochs", "1", "--debug_nan_steps", "0,2") == 0
+    nan_loss_at(monkeypatch, {0, 2})
+    assert run(data_dir, ck, "--epochs", "1") == 0
     state = torch_load(ck / "latest.pth")
     assert state["nan_skipped"] == 2
     assert all(torch.isfinite(v).all() for v in state["model"].values())
     adam_steps = {float(s["step"]) for s in state["optimizer"]["state"].values()}
     assert adam_steps == {state["step"] - 2.0}  # no optimizer step for the NaN batches
     # too many in a row: a clear stop
+    nan_loss_at(monkeypatch, {0, 1, 2})
     with pytest.raises(UserError, match="in a row"):
-        run(data_dir, tmp_path / "ck2", "--epochs", "1", "--debug_nan_steps", "0,1,2", "--max_nan_steps", "2")
+        run(data_dir, tmp_path / "ck2", "--epochs", "1", "--max_nan_steps", "2")
 
 
 def test_data_errors_are_one_line(tmp_path):
@@ -334,30 +354,178 @@ def test_data_errors_are_one_line(tmp_path):
     assert not (tmp_path / "checkpoints").exists()
 
 
-def test_reexec_with_malloc_tunables_restarts_once_with_the_same_pid_and_arguments(tmp_path):
-    """train.py restarts itself with glibc malloc tunables (utils.MALLOC_TUNABLES): same PID, same argv."""
-    import subprocess
-    import sys
 
-    import utils
+# ---- reliability: W&B, output locations, stale temp files, resume checks, messages -------------------
 
-    script = tmp_path / "probe.py"
-    script.write_text(
-        "import os, sys\n"
-        f"sys.path.insert(0, {str(REPO)!r})\n"
-        "print('start', os.getpid(), os.environ.get('GLIBC_TUNABLES'), sys.argv[1:], flush=True)\n"
-        "import utils\n"
-        "utils.reexec_with_malloc_tunables()\n"
-        "print('main', os.getpid(), os.environ.get('GLIBC_TUNABLES'), sys.argv[1:], flush=True)\n")
-    env = {k: v for k, v in os.environ.items() if k != "GLIBC_TUNABLES"}
-    out = subprocess.run([sys.executable, "-u", str(script), "a", "--b"], env=env, capture_output=True,
-                         text=True, check=True).stdout.splitlines()
-    pid = out[0].split()[1]
-    want_args = "['a', '--b']"
-    assert out[0] == f"start {pid} None {want_args}"
-    assert out[1] == f"start {pid} {utils.MALLOC_TUNABLES} {want_args}"  # re-executed once, same process
-    assert out[2] == f"main {pid} {utils.MALLOC_TUNABLES} {want_args}" and len(out) == 3
-    # a user's own GLIBC_TUNABLES is respected: no restart
-    out = subprocess.run([sys.executable, str(script)], env={**env, "GLIBC_TUNABLES": "glibc.malloc.arena_max=2"},
-                         capture_output=True, text=True, check=True).stdout.splitlines()
-    assert len(out) == 2 and out[1].endswith("glibc.malloc.arena_max=2 []")
+FAKE_KEY = "fake" + "0123456789" * 4  # a well-formed (44 characters), unknown W&B API key
+
+
+def wandb_subprocess_env(home, base_url, key=FAKE_KEY):
+    """Environment for a train.py subprocess with W&B credentials (key) and server (base_url) of its
+    own: a private HOME (no ~/.netrc), no WANDB_MODE."""
+    env = {k: v for k, v in subprocess_env().items() if not k.startswith("WANDB_")}
+    env.update(HOME=str(home), WANDB_CONFIG_DIR=str(home / "wandb-config"), WANDB_CACHE_DIR=str(home / "cache"),
+               WANDB_BASE_URL=base_url)
+    if key:
+        env["WANDB_API_KEY"] = key
+    return env
+
+
+def train_with_wandb(data_dir, tmp_path, base_url):
+    """train.py --wandb auto, one step, with the fake key and `base_url`: (exit code, output, seconds)."""
+    cmd = [sys.executable, str(REPO / "train.py"), "--data_dir", str(data_dir), "--checkpoint_dir",
+           str(tmp_path / "ck"), "--epochs", "1", "--max_steps", "1", "--wandb", "auto", *TINY]
+    start = time.monotonic()
+    res = subprocess.run(cmd, cwd=tmp_path, env=wandb_subprocess_env(tmp_path / "home", base_url),
+                         capture_output=True, text=True, timeout=120)
+    return res.returncode, res.stdout + res.stderr, time.monotonic() - start
+
+
+def closed_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_wandb_key_without_reachable_server_trains_offline_within_seconds(data_dir, tmp_path):
+    code, out, seconds = train_with_wandb(data_dir, tmp_path, f"http://127.0.0.1:{closed_port()}")
+    assert code == 0, out
+    assert seconds < 20, (seconds, out)
+    assert "unreachable" in out and "logging offline" in out and "wandb sync" in out
+    assert "--max_steps 1 reached" in out
+    assert FAKE_KEY not in out  # never printed
+    run_id = torch_load(tmp_path / "ck" / "latest.pth")["wandb_run_id"]
+    assert list((tmp_path / "ck" / "wandb").glob(f"offline-run-*-{run_id}/run-{run_id}.wandb"))
+    assert not any(FAKE_KEY in p.read_text(errors="ignore") for p in (tmp_path / "ck").rglob("*") if p.is_file()
+                   and p.suffix in (".log", ".yaml", ".json", ".txt"))  # nor stored
+
+
+def test_wandb_online_start_failing_falls_back_offline_with_the_same_run_id(data_dir, tmp_path):
+    """A server that answers, but not as W&B (every request: 501): the online start fails at once; the
+    offline run that follows must not trip over the failed attempt's run id."""
+    import http.server
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), http.server.BaseHTTPRequestHandler)
+    server.RequestHandlerClass.log_message = lambda *a: None
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        code, out, seconds = train_with_wandb(data_dir, tmp_path, f"http://127.0.0.1:{server.server_port}")
+    finally:
+        server.shutdown()
+        server.server_close()
+    assert code == 0, out
+    assert seconds < 20, (seconds, out)
+    assert "online start failed" in out and "logging offline" in out and FAKE_KEY not in out
+    run_id = torch_load(tmp_path / "ck" / "latest.pth")["wandb_run_id"]
+    assert list((tmp_path / "ck" / "wandb").glob(f"offline-run-*-{run_id}/run-{run_id}.wandb"))
+
+
+def test_wandb_online_without_login_says_why(data_dir, tmp_path, monkeypatch, capsys):
+    import wandb_logging
+
+    monkeypatch.delenv("WANDB_API_KEY", raising=False)
+    monkeypatch.delenv("WANDB_IDENTITY_TOKEN_FILE", raising=False)
+    monkeypatch.setenv("HOME", str(tmp_path))          # no ~/.netrc
+    monkeypatch.setenv("NETRC", str(tmp_path / "none"))
+    mode, why = wandb_logging.resolve_mode("online")
+    assert mode == "offline" and why.startswith("not logged in") and "WANDB_API_KEY" in why
+    assert run(data_dir, tmp_path / "ck", "--epochs", "1", "--max_steps", "1", wandb="online") == 0
+    err = capsys.readouterr().err
+    assert "W&B: not logged in (no WANDB_API_KEY, no `wandb login`), so logging offline" in err
+    assert "wandb login" in err
+
+
+def test_unwritable_checkpoint_dir_is_one_line_before_any_work(tmp_path, monkeypatch, capsys):
+    from conftest import run_cli
+
+    (tmp_path / "afile").write_text("x")
+    missing_data = tmp_path / "no-data-here"  # reading data would fail with another message
+    code, _, err = run_cli(train.main, ["--data_dir", missing_data, "--checkpoint_dir", tmp_path / "afile" / "ck",
+                                        "--wandb", "disabled"], monkeypatch, capsys)
+    assert code == 1 and len(err.strip().splitlines()) == 1
+    assert "--checkpoint_dir" in err and "is a file" in err
+    monkeypatch.setattr(os, "access", lambda path, mode, **kw: False)  # a read-only location (CI runs as root)
+    code, _, err = run_cli(train.main, ["--data_dir", missing_data, "--checkpoint_dir", tmp_path / "ck",
+                                        "--wandb", "disabled"], monkeypatch, capsys)
+    assert code == 1 and len(err.strip().splitlines()) == 1 and "--checkpoint_dir" in err and "cannot write" in err
+    assert not (tmp_path / "ck").exists()
+
+
+def test_resume_refuses_another_data_dir_and_accepts_the_same_one_named_differently(data_dir, tmp_path):
+    import shutil
+
+    ck = tmp_path / "ck"
+    assert run(data_dir, ck, "--epochs", "1", "--max_steps", "1") == 0
+    assert torch_load(ck / "latest.pth")["train_args"]["data_dir"] == str(data_dir.resolve())
+    other = tmp_path / "copy"
+    shutil.copytree(data_dir, other)
+    with pytest.raises(UserError) as e:
+        run(other, ck, "--epochs", "1")
+    msg = str(e.value)
+    assert f"--data_dir {data_dir.resolve()}" in msg and "--fresh" in msg and "\n" not in msg
+    same = data_dir.parent / ".." / data_dir.parent.name / data_dir.name  # the same folder, another spelling
+    assert run(same, ck, "--epochs", "1", "--max_steps", "2") == 0
+    assert torch_load(ck / "latest.pth")["step"] == 2
+
+
+def test_epoch_without_a_finite_step_never_becomes_best(data_dir, tmp_path, monkeypatch, capsys):
+    nan_loss_at(monkeypatch, set(range(1000)))
+    ck = tmp_path / "ck"
+    assert run(data_dir, ck, "--epochs", "1", "--val_fraction", "0", "--max_nan_steps", "1000") == 0
+    assert "epoch 1: train loss n/a" in capsys.readouterr().err
+    state = torch_load(ck / "latest.pth")
+    assert state["epoch"] == 1 and state["nan_skipped"] == state["step"] > 0
+    assert not (ck / "best.pth").exists() and state["best_val_loss"] == math.inf
+
+
+def epoch_losses(text):
+    return re.findall(r"epoch (\d+): train loss (\S+), val loss (\S+)", text)
+
+
+def test_mid_epoch_resume_reports_the_uninterrupted_epoch_loss(data_dir, tmp_path, capsys):
+    assert run(data_dir, tmp_path / "a", "--epochs", "1") == 0
+    uninterrupted = epoch_losses(capsys.readouterr().err)
+    ck = tmp_path / "b"
+    assert run(data_dir, ck, "--epochs", "1", "--max_steps", "2") == 0
+    mid = torch_load(ck / "latest.pth")
+    assert (mid["batch_in_epoch"], mid["epoch_loss_count"]) == (2, 2) and mid["epoch_loss_sum"] > 0
+    capsys.readouterr()
+    assert run(data_dir, ck, "--epochs", "1") == 0
+    resumed = epoch_losses(capsys.readouterr().err)
+    assert len(uninterrupted) == 1 and resumed == uninterrupted
+    end = torch_load(ck / "latest.pth")
+    assert (end["epoch"], end["batch_in_epoch"], end["epoch_loss_sum"], end["epoch_loss_count"]) == (1, 0, 0.0, 0)
+
+
+def test_config_that_does_not_match_its_weights_is_one_line_on_resume(data_dir, tmp_path):
+    ck = tmp_path / "ck"
+    assert run(data_dir, ck, "--epochs", "1", "--max_steps", "1") == 0
+    state = torch_load(ck / "latest.pth")
+    key = next(k for k, v in state["model"].items() if v.dim() == 2)
+    state["model"][key] = state["model"][key][:-1]  # one row short: a size mismatch
+    torch.save(state, ck / "latest.pth")
+    with pytest.raises(UserError) as e:
+        run(data_dir, ck, "--epochs", "1")
+    msg = str(e.value)
+    assert str(ck / "latest.pth") in msg and "size mismatch" in msg and key in msg and "\n" not in msg
+
+
+def test_data_warnings_are_one_plain_line(data_dir, tmp_path):
+    import shutil
+
+    data = tmp_path / "data"
+    shutil.copytree(data_dir, data)
+    d = torch_load(data / "pluck_0.pt")
+    d["audio"] = torch.zeros_like(d["audio"])
+    d["loudness_db"] = torch.full_like(d["loudness_db"], -80.0)
+    torch.save(d, data / "silent.pt")
+    res = subprocess.run([sys.executable, str(REPO / "train.py"), "--data_dir", str(data), "--checkpoint_dir",
+                          str(tmp_path / "ck"), "--epochs", "1", "--max_steps", "1", "--wandb", "disabled",
+                          "--val_fraction", "0", *TINY], cwd=tmp_path, env=subprocess_env(), capture_output=True,
+                         text=True, timeout=120)
+    assert res.returncode == 0, res.stderr
+    lines = [line for line in res.stderr.splitlines() if "silent.pt" in line]
+    assert lines == [f"{data / 'silent.pt'}: silent throughout (below -70.0 dB); left out of the train split"]
+    assert "Warning" not in res.stderr and "warn(" not in res.stderr

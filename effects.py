@@ -16,14 +16,15 @@ Every preset starts with a noise gate (`GATE_THRESHOLD_DB`: the synthesizer's no
 reverb tail of the learned impulse response between notes are shut off) and ends with the output stage:
 a per-preset gain, then a peak limiter: pedalboard's Compressor at LIMITER_THRESHOLD_DB with ratio
 1000:1 and an instant (0 ms) attack, so every sample's gain follows its own peak and the output peak is at
-most 10^(-1/20) * (input peak / 10^(-1/20))^(1/1000): 0.89 for any input up to +60 dBFS. Nothing is
-hard-clipped. (JUCE's own Limiter was not used: it adds 3.75 dB + |threshold| of make-up gain after its
+most 10^(-1/20) * (input peak / 10^(-1/20))^(1/1000): below 0.9 for any input peak up to +60 dBFS.
+Nothing is hard-clipped. (JUCE's own Limiter was not used: it adds 3.75 dB + |threshold| of make-up gain after its
 compressors and hard-clips at 0 dBFS, so sudden onsets above about -5 dBFS were clipped.) The per-preset
 gains bring a pluck phrase at -18 dBFS RMS out at about -18 dBFS RMS.
 
 Units: levels and gains in dB (dBFS for thresholds), frequencies in Hz, times in ms (the delay in s,
-pedalboard's unit). The drive runs at the project's 16 kHz without oversampling: tanh harmonics above
-8 kHz alias a little; the cabinet low-pass after the drive hides most of it.
+pedalboard's unit). The drive runs at the project's 16 kHz without oversampling, so tanh harmonics
+above 8 kHz fold back: for sines of 440-1500 Hz at -15 dBFS RMS, the energy off the harmonics measured
+60-87 dB (crunch) and 38-43 dB (lead) below the energy on them.
 
 `--fx_plugin PATH` runs the user's own VST3 (or Audio Unit, on macOS) after the preset's effects and
 before the output stage (with `--fx none` and a plugin: the plugin, then the output stage). A plugin

@@ -372,3 +372,117 @@ def test_missing_bundled_checkpoint_is_one_line(tmp_path, monkeypatch, capsys):
     assert code == 1 and len(err.strip().splitlines()) == 1
     assert "guitar_demo.pth" in err and "--checkpoint" in err
     assert not (tmp_path / "o.wav").exists()
+
+
+# ---------------------------------------------------------------------------------------------------
+# Output locations, formats and inputs checked before the work (issue 14, items 2 and 10)
+# ---------------------------------------------------------------------------------------------------
+
+def _no_work(monkeypatch):
+    """Make loading the model fail the test: the checks under test must come before any work."""
+    import model
+
+    def refuse(*a, **k):
+        raise AssertionError("the model was loaded before the output location was checked")
+    monkeypatch.setattr(model, "load_model", refuse)
+
+
+def _read_only(monkeypatch, folder: Path):
+    """Make `folder` look read-only to os.access (CI runs as root, where chmod does not deny)."""
+    import os
+
+    real = os.access
+    monkeypatch.setattr(os, "access", lambda p, mode, *a, **k: False if Path(p) == folder and mode & os.W_OK
+                        else real(p, mode, *a, **k))
+
+
+@pytest.mark.parametrize("case", ["under_a_file", "read_only", "folder_named_wav", "file_as_folder"])
+def test_unwritable_output_is_one_line_before_any_work(case, ckpt, voice_file, tmp_path, monkeypatch, capsys):
+    path = voice_file[0]
+    (tmp_path / "notes.txt").write_text("a file")
+    (tmp_path / "results").write_text("a file without an extension")
+    (tmp_path / "taken.wav").mkdir()
+    (tmp_path / "ro").mkdir()
+    out, expected = {"under_a_file": (tmp_path / "notes.txt" / "x.wav", "is a file, not a folder"),
+                     "read_only": (tmp_path / "ro" / "x.wav", "cannot write"),
+                     "folder_named_wav": (tmp_path / "taken.wav", "is a folder"),
+                     "file_as_folder": (tmp_path / "results", "is a file; give a folder")}[case]
+    if case == "read_only":
+        _read_only(monkeypatch, tmp_path / "ro")
+    _no_work(monkeypatch)
+    before = sorted(p.name for p in tmp_path.rglob("*"))
+    code, _, err = cli([path, "-o", out, "--checkpoint", ckpt, "--device", "cpu"], monkeypatch, capsys)
+    assert code == 1 and len(err.strip().splitlines()) == 1, err
+    assert expected in err and "-o" in err
+    assert sorted(p.name for p in tmp_path.rglob("*")) == before
+
+
+def test_output_extension_picks_the_format_or_is_refused(ckpt, voice_file, tmp_path, monkeypatch, capsys):
+    path = voice_file[0]
+    _no_work(monkeypatch)
+    code, _, err = cli([path, "-o", tmp_path / "x.m4a", "--checkpoint", ckpt], monkeypatch, capsys)
+    assert code == 1 and len(err.strip().splitlines()) == 1 and ".m4a" in err
+    assert ".wav" in err and ".flac" in err                      # lists what can be written
+    assert not (tmp_path / "x.m4a").exists()                     # no folder named x.m4a
+    monkeypatch.undo()
+    out = tmp_path / "x.flac"
+    code, _, _ = cli([path, "-o", out, "--checkpoint", ckpt, "--device", "cpu"], monkeypatch, capsys)
+    assert code == 0 and sf.info(out).format == "FLAC" and sf.info(out).samplerate == SR
+    # a folder named like a file: with a trailing slash
+    code, _, _ = cli([path, "-o", f"{tmp_path / 'takes.v2'}/", "--checkpoint", ckpt, "--device", "cpu"],
+                     monkeypatch, capsys)
+    assert code == 0 and (tmp_path / "takes.v2" / "voice_guitar.wav").is_file()
+
+
+def test_folder_as_input_says_it_is_a_folder(ckpt, tmp_path, monkeypatch, capsys):
+    (tmp_path / "takes").mkdir()
+    code, _, err = cli([tmp_path / "takes", "-o", tmp_path / "o.wav", "--checkpoint", ckpt, "--device", "cpu"],
+                       monkeypatch, capsys)
+    assert code == 1 and len(err.strip().splitlines()) == 1
+    assert "is a folder" in err and "not found" not in err and "*.wav" in err
+    assert not (tmp_path / "o.wav").exists()
+
+
+def test_mp3_input_is_read(ckpt, voice_file, tmp_path, monkeypatch, capsys):
+    assert ".mp3" in features.AUDIO_EXTENSIONS
+    _, x, _ = voice_file
+    src = tmp_path / "take.mp3"
+    sf.write(src, x, SR)                                        # libsndfile's own MP3 encoder
+    code, _, _ = cli([src, "-o", tmp_path / "o.wav", "--checkpoint", ckpt, "--device", "cpu"], monkeypatch, capsys)
+    assert code == 0 and sf.info(tmp_path / "o.wav").frames == pytest.approx(x.size, abs=2000)
+
+
+# ---------------------------------------------------------------------------------------------------
+# A broken checkpoint: one line naming it, exit 1, nothing written (issue 14, item 4)
+# ---------------------------------------------------------------------------------------------------
+
+def broken_checkpoint(good: Path, directory: Path, kind: str) -> Path:
+    """A copy of `good` with NaN in a decoder weight ("nan") or a finite reverb IR so large that the
+    output overflows to Inf/NaN ("overflow": finite weights, non-finite audio)."""
+    ck = torch.load(good, weights_only=True)
+    state = dict(ck["model"])
+    if kind == "nan":
+        name = next(k for k in state if k.endswith("weight") and not k.startswith("reverb"))
+        state[name] = torch.full_like(state[name], float("nan"))
+    else:
+        state["reverb.ir"] = torch.full_like(state["reverb.ir"], 3e38)
+    path = Path(directory) / f"broken_{kind}.pth"
+    atomic_torch_save({**ck, "model": state}, path)
+    return path
+
+
+@pytest.mark.parametrize("kind", ["nan", "overflow"])
+def test_broken_checkpoint_is_one_line_and_writes_nothing(kind, ckpt, voice_file, tmp_path, monkeypatch, capsys):
+    bad = broken_checkpoint(ckpt, tmp_path, kind)
+    out = tmp_path / "o" / "x.wav"
+    code, _, err = cli([voice_file[0], "-o", out, "--checkpoint", bad, "--device", "cpu", "--plot"],
+                       monkeypatch, capsys)
+    assert code == 1 and len(err.strip().splitlines()) == 1, err
+    assert str(bad) in err
+    assert not out.exists() and not out.with_suffix(".png").exists()
+    assert not (out.parent.exists() and any(out.parent.iterdir()))
+
+
+def test_adjust_flag_defaults_are_the_settings_defaults():
+    args = transfer.build_parser().parse_args(["in.wav"])
+    assert notes.adjust_settings(args) == notes.AdjustSettings()

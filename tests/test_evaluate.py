@@ -195,7 +195,6 @@ def test_noise_is_na_and_left_out_of_the_mean(ckpt, tmp_path, monkeypatch, capsy
     noise_line = next(l for l in stdout.splitlines() if l.startswith("noise.wav"))
     assert "n/a" in noise_line
     assert not [w for w in recwarn if "voiced frames" in str(w.message)]            # mir_eval kept quiet
-    assert "Warning" not in err
     # progress: one line per file, the first with the expected time left
     progress = [l for l in err.splitlines() if l.startswith("resynthesis ")]
     assert [l.split(":")[0] for l in progress] == ["resynthesis 1/2", "resynthesis 2/2"]

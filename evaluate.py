@@ -4,13 +4,15 @@
     python evaluate.py --checkpoint checkpoints/best.pth --pairs data/pairs/voice data/pairs/guitar
 
 Resynthesis (--audio_dir): every audio file is re-rendered by the model from its own f0 and loudness
-(features via transfer.extract_features_bounded, i.e. features.extract_features; CREPE `tiny` by default
+(features.extract_features_bounded, i.e. features.extract_features; CREPE `tiny` by default
 here for speed, `--crepe full` for reportable numbers), with no auto-adjust. Against the input it reports
   mss            loss.MultiResolutionSTFTLoss (DDSP spectral loss, summed over 6 FFT sizes); lower is better
   f0_cents       median |cents| between CREPE on the output and the input f0, over frames that are notes in
-                 the input (notes.detect_notes) and have periodicity >= 0.5 in the output
+                 the input (notes.detect_notes) and are voiced in the output (periodicity >=
+                 features.VOICED_THRESHOLD)
   rpa            mir_eval.melody.raw_pitch_accuracy at 50 cents: share of the input's note frames whose output
-                 pitch (CREPE) is within 50 cents
+                 pitch (CREPE) is within 50 cents; n/a (null, left out of the mean) for a file without note
+                 frames (e.g. noise)
   loud_l1_db     mean |loudness(output) - loudness(input)| in dB (features.compute_loudness) over note frames
 and the same numbers for the baseline, so the model's gain is visible (mss_reduction_pct = 100 * (1 -
 mss_model / mss_baseline); for the mean row it is computed from the mean distances).
@@ -23,32 +25,38 @@ loudness therefore equals the input's in every steady frame: it has the right pi
 
 Pairs (--pairs DIR_A DIR_B, or --pairs --input_dir A --target_dir B): files with the same name stem in both
 folders are (input, target), e.g. a sung melody and a guitar rendering of it. The input goes through the
-transfer pipeline (transfer.transfer_audio with its default auto-adjust, then transfer.finalize_audio); input,
+transfer pipeline (pipeline.transfer_audio with its default auto-adjust, then pipeline.finalize_audio); input,
 output and target are each peak-normalised to -1 dBFS (the transfer's output rule) and cut to the shorter
 length, and the MSS distance output->target is reported next to input->target. The transfer flags apply;
 with the default `--envelope pluck` the checkpoint's learned plucked-note curve is used when its config has
 one (`envelope` in the JSON rows says which). Resynthesis renders the file's own features, no adjust.
 
-Output: a table on stdout (per file, then the mean) and, with --json PATH, all numbers as JSON.
+Output: a progress line per file on stderr (with the expected time left), a table on stdout (per file,
+then the mean) and, with --json PATH, all numbers as JSON (a number that is not finite is written as
+null). The --json location is checked before any work. A checkpoint that renders NaN/Inf audio stops the
+run with one line naming it. Batch work: torch uses all cores unless --threads says otherwise.
 """
 from __future__ import annotations
 
 import argparse
 import json
 import math
+import os
 import sys
+import time
+import warnings
 from pathlib import Path
 
 import numpy as np
 import torch
-from tqdm import tqdm
 
 import features
 import notes
-import transfer
-from utils import HelpFormatter, UserError, add_device_arguments, apply_threads, atomic_path, pick_device, run_main
+from pipeline import (CHUNK_FRAMES, DEFAULT_CHECKPOINT, ROOT, NonFiniteAudio, finalize_audio, render,
+                      resolve_checkpoint, transfer_audio)
+from utils import (HelpFormatter, UserError, add_device_arguments, apply_threads, atomic_path, check_output_path,
+                   pick_device, run_main)
 
-VOICED_PERIODICITY = 0.5
 METRICS = ("mss", "f0_cents", "rpa", "loud_l1_db")
 
 
@@ -108,26 +116,37 @@ def mss_distance(a: np.ndarray, b: np.ndarray, loss_fn=None) -> float:
                         torch.as_tensor(b[:n], dtype=torch.float32)[None]))
 
 
+def raw_pitch_accuracy(note: np.ndarray, f0_ref: np.ndarray, voiced_out: np.ndarray, f0_out: np.ndarray) -> float | None:
+    """mir_eval.melody.raw_pitch_accuracy at 50 cents over the reference's note frames ([F] bool, Hz, bool,
+    Hz); None without note frames (nothing to measure). mir_eval's warning for an output without voiced
+    frames (an expected result: RPA 0) is silenced."""
+    import mir_eval
+
+    if not np.any(note):
+        return None
+    ref_cent = mir_eval.melody.hz2cents(np.where(note, f0_ref, 0.0).astype(np.float64))
+    est_cent = mir_eval.melody.hz2cents(np.asarray(f0_out, np.float64))
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="Estimated melody has no voiced frames", category=UserWarning)
+        return float(mir_eval.melody.raw_pitch_accuracy(np.asarray(note, np.float64), ref_cent,
+                                                        np.asarray(voiced_out, np.float64), est_cent, 50.0))
+
+
 def resynthesis_metrics(reference: np.ndarray, output: np.ndarray, f0_ref: np.ndarray, loud_ref: np.ndarray,
                         note: np.ndarray, crepe: str = "tiny", device="cpu", loss_fn=None) -> dict:
     """mss, f0_cents, rpa, loud_l1_db (module docstring) of `output` against `reference` ([T] 16 kHz),
-    given the reference's f0 [F], loudness [F] and note mask [F]."""
-    import mir_eval
-
+    given the reference's f0 [F], loudness [F] and note mask [F]; None where a metric has no frames."""
     output = np.asarray(output, np.float32)[: reference.size]
     f0_out, per_out = features.compute_f0(output, crepe, device)
     loud_out = features.compute_loudness(output)
     note = np.asarray(note, bool)
-    voiced = note & (per_out >= VOICED_PERIODICITY)
+    voiced_out = per_out >= features.VOICED_THRESHOLD
+    voiced = note & voiced_out
     cents = 1200.0 * np.abs(np.log2(f0_out / f0_ref))
-    ref_cent = mir_eval.melody.hz2cents(np.where(note, f0_ref, 0.0).astype(np.float64))
-    est_cent = mir_eval.melody.hz2cents(f0_out.astype(np.float64))
-    rpa = mir_eval.melody.raw_pitch_accuracy(note.astype(np.float64), ref_cent,
-                                             (per_out >= VOICED_PERIODICITY).astype(np.float64), est_cent, 50.0)
     return {
         "mss": mss_distance(output, reference, loss_fn),
         "f0_cents": _finite(float(np.median(cents[voiced]))) if voiced.any() else None,
-        "rpa": float(rpa),
+        "rpa": raw_pitch_accuracy(note, f0_ref, voiced_out, f0_out),
         "loud_l1_db": _finite(float(np.mean(np.abs(loud_out[note] - loud_ref[note])))) if note.any() else None,
         "voiced_frames": int(voiced.sum()),
         "note_frames": int(note.sum()),
@@ -147,10 +166,57 @@ def _reduction(model: float | None, base: float | None) -> float | None:
 # Runs
 # ------------------------------------------------------------------------------------------------
 
+class Progress:
+    """One line per finished file on stderr: count, time taken, and the expected time left (the time per
+    second of audio so far times the audio still to do), so a long `--crepe full` run shows in a log."""
+
+    def __init__(self, label: str, paths: list[Path]):
+        self.label, self.seconds = label, [audio_seconds(p) for p in paths]
+        self.done, self.done_s, self.t0 = 0, 0.0, time.perf_counter()
+
+    def step(self, name: str, status: str = "done") -> None:
+        self.done_s += self.seconds[self.done]
+        self.done += 1
+        elapsed = time.perf_counter() - self.t0
+        left = sum(self.seconds[self.done:]) * elapsed / self.done_s if self.done_s > 0 else float("nan")
+        eta = f", about {_duration(left)} left" if self.done < len(self.seconds) and math.isfinite(left) else ""
+        print(f"{self.label} {self.done}/{len(self.seconds)}: {name} {status} ({_duration(elapsed)} so far{eta})",
+              file=sys.stderr, flush=True)
+
+
+def audio_seconds(path: Path) -> float:
+    """Duration of an audio file from its header (0 if soundfile cannot read it)."""
+    import soundfile as sf
+
+    try:
+        return float(sf.info(str(path)).duration)
+    except Exception:  # unreadable files are reported when they are loaded
+        return 0.0
+
+
+def _duration(seconds: float) -> str:
+    return f"{seconds:.0f} s" if seconds < 120 else f"{seconds / 60:.1f} min"
+
+
 def audio_files(folder: Path) -> list[Path]:
     if not folder.is_dir():
         raise UserError(f"{folder}: folder not found; pass an existing folder of audio files")
     return sorted(p for p in folder.rglob("*") if p.suffix.lower() in features.AUDIO_EXTENSIONS and p.is_file())
+
+
+def resynthesize_file(model, path: Path, name: str, args, device, loss_fn) -> dict:
+    """One file's resynthesis row (model and baseline metrics). UserError for an unusable file."""
+    audio = features.load_audio(path)
+    loud = features.check_audio(audio, name)
+    feats = features.extract_features_bounded(audio, args.crepe, device, progress=False, loudness_db=loud)
+    f0, loud, per = (feats[k].numpy() for k in ("f0_hz", "loudness_db", "periodicity"))
+    note = notes.detect_notes(per, loud)
+    out = render(model, f0, loud, args.chunk_frames, args.seed, progress=False)[: audio.size]
+    base = sine_baseline(f0, loud)[: audio.size]
+    m = resynthesis_metrics(audio, out, f0, loud, note, args.crepe, device, loss_fn)
+    b = resynthesis_metrics(audio, base, f0, loud, note, args.crepe, device, loss_fn)
+    return {"file": name, "seconds": audio.size / features.SAMPLE_RATE, "model": m, "baseline": b,
+            "mss_reduction_pct": _reduction(m["mss"], b["mss"])}
 
 
 def evaluate_resynthesis(model, files: list[Path], root: Path, args, device) -> dict:
@@ -158,24 +224,18 @@ def evaluate_resynthesis(model, files: list[Path], root: Path, args, device) -> 
 
     loss_fn = loss.MultiResolutionSTFTLoss()
     rows, skipped = [], []
-    for path in tqdm(files, desc="resynthesis", unit="file", disable=None):
+    progress = Progress("resynthesis", files)
+    for path in files:
         name = str(path.relative_to(root))
         try:
-            audio = features.load_audio(path)
-            loud = transfer.check_audio(audio, name)
+            rows.append(resynthesize_file(model, path, name, args, device, loss_fn))
+            progress.step(name)
+        except NonFiniteAudio:
+            raise
         except UserError as e:
-            tqdm.write(f"skipped: {e}", file=sys.stderr)
+            print(f"skipped: {e}", file=sys.stderr)
             skipped.append({"file": name, "reason": str(e)})
-            continue
-        feats = transfer.extract_features_bounded(audio, args.crepe, device, progress=False, loudness_db=loud)
-        f0, loud, per = (feats[k].numpy() for k in ("f0_hz", "loudness_db", "periodicity"))
-        note = notes.detect_notes(per, loud)
-        out = transfer.render(model, f0, loud, args.chunk_frames, args.seed, progress=False)[: audio.size]
-        base = sine_baseline(f0, loud)[: audio.size]
-        m = resynthesis_metrics(audio, out, f0, loud, note, args.crepe, device, loss_fn)
-        b = resynthesis_metrics(audio, base, f0, loud, note, args.crepe, device, loss_fn)
-        rows.append({"file": name, "seconds": audio.size / features.SAMPLE_RATE, "model": m, "baseline": b,
-                     "mss_reduction_pct": _reduction(m["mss"], b["mss"])})
+            progress.step(name, "skipped")
     if not rows:
         raise UserError(f"{root}: no usable audio file (see the lines above); give speech-free pitched audio")
     mean = {k: {m: _mean([r[k] for r in rows], m) for m in METRICS} for k in ("model", "baseline")}
@@ -199,22 +259,28 @@ def evaluate_pairs(model, pairs, args, device) -> dict:
 
     loss_fn = loss.MultiResolutionSTFTLoss()
     rows, skipped = [], []
-    for name, src, tgt in tqdm(pairs, desc="pairs", unit="pair", disable=None):
+    settings = notes.adjust_settings(args)
+    progress = Progress("pairs", [src for _, src, _ in pairs])
+    for name, src, tgt in pairs:
         try:
             x = features.load_audio(src)
             target = features.load_audio(tgt)
-            res = transfer.transfer_audio(model, x, str(src), transfer.adjust_settings(args), args.crepe, device,
-                                          args.chunk_frames, args.seed, progress=False)
+            res = transfer_audio(model, x, str(src), settings, args.crepe, device, args.chunk_frames, args.seed,
+                                 progress=False)
+        except NonFiniteAudio:
+            raise
         except UserError as e:
-            tqdm.write(f"skipped: {e}", file=sys.stderr)
+            print(f"skipped: {e}", file=sys.stderr)
             skipped.append({"name": name, "reason": str(e)})
+            progress.step(name, "skipped")
             continue
-        out = transfer.finalize_audio(res["audio"])[0]
-        x_n, t_n = transfer.finalize_audio(x)[0], transfer.finalize_audio(target)[0]
+        out = finalize_audio(res["audio"])[0]
+        x_n, t_n = finalize_audio(x)[0], finalize_audio(target)[0]
         d_out, d_in = mss_distance(out, t_n, loss_fn), mss_distance(x_n, t_n, loss_fn)
         rows.append({"name": name, "input": str(src), "target": str(tgt), "mss_output_target": d_out,
                      "mss_input_target": d_in, "reduction_pct": _reduction(d_out, d_in),
                      "octave": res["info"]["octave"], "envelope": res["info"]["envelope"]})
+        progress.step(name)
     if not rows:
         raise UserError("no usable pair (see the lines above)")
     mean = {k: _mean(rows, k) for k in ("mss_output_target", "mss_input_target")}
@@ -227,7 +293,7 @@ def evaluate_pairs(model, pairs, args, device) -> dict:
 # ------------------------------------------------------------------------------------------------
 
 def _fmt(x, spec=".3f") -> str:
-    return "-" if x is None else format(x, spec)
+    return "n/a" if x is None else format(x, spec)
 
 
 def print_resynthesis(res: dict) -> None:
@@ -266,7 +332,7 @@ def print_pairs(res: dict) -> None:
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
     p.add_argument("--checkpoint", default=None,
-                   help=f"model checkpoint; default: the bundled {transfer.DEFAULT_CHECKPOINT.relative_to(transfer.ROOT)}")
+                   help=f"model checkpoint; default: the bundled {DEFAULT_CHECKPOINT.relative_to(ROOT)}")
     p.add_argument("--audio_dir", default=None, help="folder of audio files to resynthesise (searched recursively)")
     p.add_argument("--pairs", nargs="*", metavar="DIR", default=None,
                    help="transfer pairs: INPUT_DIR TARGET_DIR, or no value with --input_dir/--target_dir")
@@ -275,39 +341,54 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--crepe", choices=("tiny", "full"), default="tiny",
                    help="CREPE model for features and for the output's pitch: tiny (default, fast) or full (accurate)")
     adjust = p.add_argument_group("pairs: transfer auto-adjust (as in transfer.py)")
-    transfer.add_adjust_arguments(adjust)
+    notes.add_adjust_arguments(adjust)
     p.add_argument("--limit", type=int, default=None, help="evaluate only the first N files / pairs")
     p.add_argument("--json", default=None, help="also write all numbers to this JSON file")
-    p.add_argument("--chunk_frames", type=int, default=2500, help="frames rendered per chunk")
+    p.add_argument("--chunk_frames", type=int, default=CHUNK_FRAMES, help="frames rendered per chunk")
     p.add_argument("--seed", type=int, default=0, help="seed of the synthesizer's noise")
-    add_device_arguments(p, threads=1, threads_help="Batch-1 inference is many small ops: 1 thread measured 4.1x real time on 30 s (2 threads: 1.7x when another job used a core)")
+    add_device_arguments(p, threads=os.cpu_count() or 1,
+                         threads_help="Batch work (CREPE over many files): all cores by default.")
     return p
+
+
+def parse_pair_dirs(args) -> list[Path] | None:
+    """The two --pairs folders (from --pairs A B or --input_dir/--target_dir), None without --pairs."""
+    if args.pairs is None:
+        if args.input_dir or args.target_dir:
+            raise UserError("--input_dir/--target_dir belong to --pairs; add --pairs")
+        return None
+    if len(args.pairs) == 2:
+        return [Path(d) for d in args.pairs]
+    if not args.pairs and args.input_dir and args.target_dir:
+        return [Path(args.input_dir), Path(args.target_dir)]
+    raise UserError("--pairs needs two folders (--pairs INPUT_DIR TARGET_DIR) or --input_dir and --target_dir")
+
+
+def finite_or_null(x):
+    """A copy of a JSON-able structure with every non-finite float (NaN, Inf) replaced by None (null)."""
+    if isinstance(x, dict):
+        return {k: finite_or_null(v) for k, v in x.items()}
+    if isinstance(x, (list, tuple)):
+        return [finite_or_null(v) for v in x]
+    if isinstance(x, float) and not math.isfinite(x):
+        return None
+    return x
 
 
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
-    pair_dirs = None
-    if args.pairs is not None:
-        if len(args.pairs) == 2:
-            pair_dirs = [Path(d) for d in args.pairs]
-        elif not args.pairs and args.input_dir and args.target_dir:
-            pair_dirs = [Path(args.input_dir), Path(args.target_dir)]
-        else:
-            raise UserError("--pairs needs two folders (--pairs INPUT_DIR TARGET_DIR) or --input_dir and --target_dir")
-    elif args.input_dir or args.target_dir:
-        raise UserError("--input_dir/--target_dir belong to --pairs; add --pairs")
+    pair_dirs = parse_pair_dirs(args)
     if args.audio_dir is None and pair_dirs is None:
         raise UserError("nothing to evaluate: give --audio_dir DIR and/or --pairs INPUT_DIR TARGET_DIR")
     if args.limit is not None and args.limit < 1:
         raise UserError("--limit must be at least 1")
-    ckpt = transfer.resolve_checkpoint(args.checkpoint)
-    files = pairs = None
-    if args.audio_dir is not None:
-        files = audio_files(Path(args.audio_dir))[: args.limit]
-        if not files:
-            raise UserError(f"{args.audio_dir}: no audio files ({', '.join(features.AUDIO_EXTENSIONS)}) found")
-    if pair_dirs is not None:
-        pairs = match_pairs(*pair_dirs)[: args.limit]
+    ckpt = resolve_checkpoint(args.checkpoint)
+    if args.json:
+        check_output_path(args.json, "--json")
+    files = audio_files(Path(args.audio_dir))[: args.limit] if args.audio_dir is not None else None
+    if files is not None and not files:
+        raise UserError(f"{args.audio_dir}: no audio files ({', '.join(features.AUDIO_EXTENSIONS)}) found")
+    pairs = match_pairs(*pair_dirs)[: args.limit] if pair_dirs is not None else None
     device = pick_device(args.device)
     apply_threads(args.threads)
     from model import load_model
@@ -317,19 +398,22 @@ def main(argv=None) -> int:
               "baseline": "sine at the input f0, per-frame amplitude matching the input's A-weighted loudness",
               "metrics": {"mss": "loss.MultiResolutionSTFTLoss, lower is better",
                           "f0_cents": "median |cents| output vs input f0 on note frames voiced in the output",
-                          "rpa": "mir_eval raw pitch accuracy at 50 cents over the input's note frames",
+                          "rpa": "mir_eval raw pitch accuracy at 50 cents over the input's note frames "
+                                 "(null without note frames)",
                           "loud_l1_db": "mean |loudness difference| in dB over note frames"}}
-    if files is not None:
-        report["resynthesis"] = evaluate_resynthesis(model, files, Path(args.audio_dir), args, device)
-        print_resynthesis(report["resynthesis"])
-    if pairs is not None:
-        report["pairs"] = evaluate_pairs(model, pairs, args, device)
+    try:
         if files is not None:
-            print()
-        print_pairs(report["pairs"])
+            report["resynthesis"] = evaluate_resynthesis(model, files, Path(args.audio_dir), args, device)
+            print_resynthesis(report["resynthesis"])
+        if pairs is not None:
+            report["pairs"] = evaluate_pairs(model, pairs, args, device)
+            print("\n" if files is not None else "", end="")
+            print_pairs(report["pairs"])
+    except NonFiniteAudio as e:
+        raise UserError(f"{ckpt}: {e}") from None
     if args.json:
         with atomic_path(args.json) as tmp:
-            tmp.write_text(json.dumps(report, indent=2, allow_nan=False))
+            tmp.write_text(json.dumps(finite_or_null(report), indent=2, allow_nan=False))
         print(f"wrote {args.json}")
     return 0
 

@@ -28,9 +28,8 @@ measured with CREPE tiny unless noted, on this 2-core CPU; the behaviours are ch
 
 * Emission: CREPE's own definition (network output normalised to sum 1 per frame) instead of
   torchcrepe's softmax over the [0, 1] outputs, which is nearly flat (max/min ratio <= e), so the
-  transition prior dominates. On a harmonic melody with jumps of 3-19 semitones (10 notes x 0.3 s),
-  ``torchcrepe.predict`` (tiny, 10 ms, viterbi) is off by > 50 cents on 100 % of frames (stuck far
-  below the notes); this decoder on 8.5 % (only around the note changes).
+  transition prior dominates: on a melody with large jumps ``torchcrepe.predict`` stays stuck far below
+  the notes, this decoder is off only around the note changes (measurements: README).
 * Slew limit scaled with the hop: torchcrepe allows 11 bins (220 cents) per frame; here
   ``viterbi_width(hop)`` keeps that rate per 4 ms (55 semitones/s), i.e. 28 bins at the 10 ms hop, so a
   guitar's instantaneous note change is not turned into a 100 ms glide. Frames off by > 50 cents per
@@ -55,10 +54,9 @@ measured with CREPE tiny unless noted, on this 2-core CPU; the behaviours are ch
   path simply continues through them); their f0 is then held from the last voiced frame (periodicity
   >= VOICED_THRESHOLD) before them (leading silence takes the first voiced value after it), so the f0
   track stays on the last note through a pause instead of following noise. A file that is silent
-  throughout gets f0 = F0_MIN_HZ and periodicity 0. Gain on plucked notes alternating 0.5 s note /
-  0.5 s pause (noise floor -80 dBFS): 42 % of CREPE frames skipped (a window needs half a window of
-  margin from the notes), CPU time per audio second down 1.6x (full: 0.32x -> 0.52x real time per
-  2 cores, tiny: 4.5x -> 6.6x); longer pauses approach the silent share.
+  throughout gets f0 = F0_MIN_HZ and periodicity 0. The share of skipped windows, and so the saving,
+  grows with the share of pauses (a window needs half a window of margin from the notes; measured
+  gains: README).
 """
 from __future__ import annotations
 
@@ -87,7 +85,11 @@ SILENCE_DB = -70.0  # absolute loudness (dB) below which a frame is silent
 SILENCE_REL_DB = 50.0  # ... or this far below the file's loudest frame
 VOICED_THRESHOLD = 0.5  # periodicity at or above which a frame counts as voiced (plots, f0 hold)
 
-AUDIO_EXTENSIONS = (".wav", ".flac", ".ogg", ".aiff", ".aif")
+# The audio files every script reads (soundfile/libsndfile; mp3 needs libsndfile >= 1.1, which the pinned
+# soundfile wheel bundles). One list: preprocess and evaluate search folders for it, transfer accepts it.
+AUDIO_EXTENSIONS = (".wav", ".flac", ".ogg", ".mp3", ".aiff", ".aif")
+MIN_SECONDS = 0.25  # shortest input the product accepts (CREPE needs a few 64 ms windows)
+SEGMENT_FRAMES = 15000  # extract_features_bounded: frames of pitch analysis per segment (60 s; memory bound)
 
 ArrayLike = Union[np.ndarray, torch.Tensor]
 
@@ -106,12 +108,17 @@ def load_audio(path: str | os.PathLike, sample_rate: int = SAMPLE_RATE) -> np.nd
     """Read any file soundfile can read (any rate, channel count, bit depth), mix to mono, resample.
 
     Returns float32 ``[T]`` at `sample_rate` (soxr, HQ). Raises UserError with one line naming the file
-    when it does not exist, cannot be decoded, has no samples or contains NaN/Inf.
+    when it does not exist, is a folder, cannot be decoded, has no samples or contains NaN/Inf. A WAV
+    file shorter than its header says (cut off while copying or recording) is read as far as it goes,
+    with a one-line warning on stderr.
     """
     import soundfile as sf
     import soxr
 
     path = os.fspath(path)
+    if os.path.isdir(path):
+        raise UserError(f"{path}: is a folder, not an audio file; pass the files in it "
+                        f"(e.g. {os.path.join(path, '*.wav')})")
     if not os.path.isfile(path):
         raise UserError(f"{path}: file not found")
     try:
@@ -123,10 +130,65 @@ def load_audio(path: str | os.PathLike, sample_rate: int = SAMPLE_RATE) -> np.nd
         raise UserError(f"{path}: not a readable audio file (it has no samples)")
     if not np.isfinite(data).all():
         raise UserError(f"{path}: not a readable audio file (contains NaN or Inf samples)")
+    declared = wav_header_frames(path)
+    if declared is not None and declared > data.shape[0]:
+        _warn(f"{path}: shorter than its header says ({data.shape[0] / sr:.2f} s of {declared / sr:.2f} s); "
+              f"the file looks cut off, only the part that is there is used")
     mono = data.mean(axis=1) if data.shape[1] > 1 else data[:, 0]
     if sr != sample_rate:
         mono = soxr.resample(mono, sr, sample_rate, quality="HQ")
     return np.ascontiguousarray(mono, dtype=np.float32)
+
+
+def wav_header_frames(path: str | os.PathLike) -> int | None:
+    """Frames a RIFF WAV file's header declares (its `data` chunk size / block align), read from the
+    header itself (libsndfile silently clamps it to what the file holds). None for other formats, for
+    an unknown length (size 0 or 0xFFFFFFFF, as streaming writers leave it) or an unreadable header."""
+    import struct
+
+    try:
+        with open(path, "rb") as f:
+            if f.read(12)[:4] != b"RIFF":
+                return None
+            block_align = None
+            while True:
+                head = f.read(8)
+                if len(head) < 8:
+                    return None
+                cid, size = head[:4], struct.unpack("<I", head[4:])[0]
+                if cid == b"fmt ":
+                    fmt = f.read(size + (size & 1))
+                    block_align = struct.unpack("<H", fmt[12:14])[0] if len(fmt) >= 14 else None
+                elif cid == b"data":
+                    if not block_align or size in (0, 0xFFFFFFFF):
+                        return None
+                    return size // block_align
+                else:
+                    f.seek(size + (size & 1), os.SEEK_CUR)
+    except OSError:
+        return None
+
+
+def _warn(message: str) -> None:
+    """One line `warning: ...` on stderr (through tqdm, so a progress bar is not broken)."""
+    import sys
+
+    from tqdm import tqdm
+
+    tqdm.write(f"warning: {message}", file=sys.stderr)
+
+
+def check_audio(audio: np.ndarray, name: str, loudness_db: np.ndarray | None = None) -> np.ndarray:
+    """UserError (naming `name`) for audio [T] (16 kHz) shorter than MIN_SECONDS or silent (no frame at or
+    above SILENCE_DB); returns its loudness [F] dB (`compute_loudness`, or `loudness_db` if given)."""
+    seconds = audio.size / SAMPLE_RATE
+    if seconds < MIN_SECONDS:
+        raise UserError(f"{name}: too short ({seconds:.2f} s); give at least {MIN_SECONDS} s of humming or singing")
+    loud = compute_loudness(audio) if loudness_db is None else loudness_db
+    if float(np.max(loud)) < SILENCE_DB:
+        raise UserError(f"{name}: silent (loudest frame {float(np.max(loud)):.0f} dB, below {SILENCE_DB:g} dB); "
+                        f"record closer to the microphone or check the file")
+    return loud
 
 
 # --------------------------------------------------------------------------------------------------
@@ -290,6 +352,68 @@ def silent_crepe_frames(loudness_db: np.ndarray, centers: np.ndarray) -> np.ndar
     return np.maximum(mx[lo], mx[hi]) < thresh
 
 
+def _crepe_probabilities(x: torch.Tensor, n_crepe: int, hop: int, active: np.ndarray, model: str,
+                         device: torch.device, batch_size: int) -> np.ndarray:
+    """CREPE network outputs (sigmoid, [n_crepe, 360] float32) of the windows centred on samples j*hop,
+    evaluated only for the window indices in `active` (the other rows stay 0). x: mono [T] CPU tensor."""
+    import torchcrepe
+
+    probs = np.zeros((n_crepe, _PITCH_BINS), dtype=np.float32)
+    if not active.size:
+        return probs
+    # torchcrepe.preprocess centres frame j on sample j*hop (pads WINDOW/2 zeros each side) and
+    # normalises each frame; pad the end so it yields at least n_crepe frames.
+    need = (n_crepe - 1) * hop + 1
+    xin = torch.nn.functional.pad(x, (0, max(0, need - x.shape[0])))[None]
+    done = 0
+    for frames in torchcrepe.preprocess(xin, SAMPLE_RATE, hop, batch_size, "cpu", True):
+        start, stop = done, min(done + frames.shape[0], n_crepe)
+        done += frames.shape[0]
+        sel = active[(active >= start) & (active < stop)]
+        if sel.size:
+            out = torchcrepe.infer(frames[sel - start].to(device), model, device)
+            probs[sel] = out.float().cpu().numpy()
+        if done >= n_crepe:
+            break
+    return probs
+
+
+def _decode_pitch(probs: np.ndarray, silent: np.ndarray, hop: int) -> tuple[np.ndarray, np.ndarray]:
+    """CREPE outputs [N, 360] -> (pitch in cents re 10 Hz [N], periodicity [N]), both float64.
+
+    Viterbi over the bins inside F0_MIN_HZ..F0_MAX_HZ; emission = network output normalised to sum 1
+    (CREPE's definition; see module docstring for why not torchcrepe's softmax), flat for `silent` frames
+    (bool [N]), whose periodicity is 0. Pitch: `_local_average_cents` around the path.
+    """
+    lo_bin, hi_bin = _allowed_bins()
+    sal = np.maximum(probs[:, lo_bin:hi_bin].astype(np.float64), 1e-12)
+    log_em = np.log(sal) - np.log(sal.sum(axis=1, keepdims=True))
+    log_em[silent] = -math.log(hi_bin - lo_bin)
+    path = _viterbi(log_em, lo_bin, viterbi_width(hop)) + lo_bin
+    masked = probs.copy()
+    masked[:, :lo_bin] = 0.0
+    masked[:, hi_bin:] = 0.0
+    cents = _local_average_cents(masked, path)
+    period = probs[np.arange(probs.shape[0]), path].astype(np.float64)
+    period[silent] = 0.0
+    return cents, period
+
+
+def _hold_through_silence(cents: np.ndarray, period: np.ndarray, silent: np.ndarray) -> None:
+    """In place on CREPE-grid pitch `cents` [N]: silent frames take the pitch of the last voiced frame
+    (periodicity `period` >= VOICED_THRESHOLD) before them, else the first one after them; without any
+    voiced frame, the nearest non-silent one; all silent: F0_MIN_HZ."""
+    if silent.all():
+        cents[:] = 1200.0 * math.log2(F0_MIN_HZ / 10.0)
+    elif silent.any():
+        anchor = ~silent & (period >= VOICED_THRESHOLD)
+        if not anchor.any():
+            anchor = ~silent
+        idx = np.maximum.accumulate(np.where(anchor, np.arange(cents.size), -1))
+        idx[idx < 0] = np.flatnonzero(anchor)[0]
+        cents[silent] = cents[idx[silent]]
+
+
 @torch.inference_mode()
 def compute_f0(audio: ArrayLike, model: str = "full", device="cpu", batch_size: int = CREPE_BATCH_SIZE,
                *, hop: int = CREPE_HOP, loudness_db: ArrayLike | None = None,
@@ -305,8 +429,6 @@ def compute_f0(audio: ArrayLike, model: str = "full", device="cpu", batch_size: 
     50-2000, periodicity in [0, 1] (network confidence at the decoded bin; 0 in skipped silence).
     With return_stats=True a third item, dict(crepe_frames, evaluated_frames), is returned.
     """
-    import torchcrepe
-
     if model not in ("full", "tiny"):
         raise ValueError(f"model must be 'full' or 'tiny', got {model!r}")
     if hop <= 0:
@@ -331,50 +453,10 @@ def compute_f0(audio: ArrayLike, model: str = "full", device="cpu", batch_size: 
         loudness_db)
     silent = silent_crepe_frames(loud, centers) if skip_silence else np.zeros(n_crepe, dtype=bool)
 
-    lo_bin, hi_bin = _allowed_bins()
-    probs = np.zeros((n_crepe, _PITCH_BINS), dtype=np.float32)
     active = np.flatnonzero(~silent)
-    if active.size:
-        # torchcrepe.preprocess centres frame j on sample j*hop (pads WINDOW/2 zeros each side) and
-        # normalises each frame; pad the end so it yields at least n_crepe frames.
-        need = (n_crepe - 1) * hop + 1
-        xin = torch.nn.functional.pad(x, (0, max(0, need - T)))[None]
-        done = 0
-        gen = torchcrepe.preprocess(xin, SAMPLE_RATE, hop, batch_size, "cpu", True)
-        for frames in gen:
-            start, stop = done, min(done + frames.shape[0], n_crepe)
-            done += frames.shape[0]
-            sel = active[(active >= start) & (active < stop)]
-            if sel.size:
-                out = torchcrepe.infer(frames[sel - start].to(dev), model, dev)
-                probs[sel] = out.float().cpu().numpy()
-            if done >= n_crepe:
-                break
-
-    # Viterbi over the allowed bins; emission = network output normalised to sum 1 (CREPE's definition;
-    # see module docstring for why not torchcrepe's softmax), flat for silent frames.
-    sal = np.maximum(probs[:, lo_bin:hi_bin].astype(np.float64), 1e-12)
-    log_em = np.log(sal) - np.log(sal.sum(axis=1, keepdims=True))
-    log_em[silent] = -math.log(hi_bin - lo_bin)
-    path = _viterbi(log_em, lo_bin, viterbi_width(hop)) + lo_bin
-    masked = probs.copy()
-    masked[:, :lo_bin] = 0.0
-    masked[:, hi_bin:] = 0.0
-    cents = _local_average_cents(masked, path)
-    period = probs[np.arange(n_crepe), path].astype(np.float64)
-    period[silent] = 0.0
-
-    # Hold f0 through silence: the last voiced (periodicity >= VOICED_THRESHOLD) frame before it, else the
-    # first one after it; without any voiced frame, the nearest non-silent one.
-    if active.size == 0:
-        cents[:] = 1200.0 * math.log2(F0_MIN_HZ / 10.0)
-    elif silent.any():
-        anchor = ~silent & (period >= VOICED_THRESHOLD)
-        if not anchor.any():
-            anchor = ~silent
-        idx = np.maximum.accumulate(np.where(anchor, np.arange(n_crepe), -1))
-        idx[idx < 0] = np.flatnonzero(anchor)[0]
-        cents[silent] = cents[idx[silent]]
+    probs = _crepe_probabilities(x, n_crepe, hop, active, model, dev, batch_size)
+    cents, period = _decode_pitch(probs, silent, hop)
+    _hold_through_silence(cents, period, silent)
 
     # Interpolate onto the control grid (log-frequency for f0).
     grid = np.arange(F, dtype=np.float64) * HOP
@@ -409,6 +491,47 @@ def extract_features(audio: ArrayLike, model: str = "full", device="cpu",
         "periodicity": torch.from_numpy(period),
         "loudness_db": torch.from_numpy(np.ascontiguousarray(loud, dtype=np.float32)),
     }
+
+
+def extract_features_bounded(audio: np.ndarray, crepe: str = "tiny", device="cpu",
+                             segment_frames: int = SEGMENT_FRAMES, context_frames: int = 500,
+                             progress: bool | None = None, loudness_db: np.ndarray | None = None) -> dict:
+    """extract_features on long audio in overlapping segments (memory O(segment)).
+
+    Loudness is computed once for the whole file (compute_loudness is already chunked).
+    f0/periodicity: each segment of `segment_frames` control frames is analysed with `context_frames`
+    extra frames on both sides and only its core is kept. Boundaries sit on multiples of 5 frames
+    (320 samples = 2 CREPE hops), so every CREPE window is the one a whole-file run would see; the
+    only differences from one whole-file call are Viterbi decisions within the context of a seam and
+    the relative silence threshold, which is taken per segment. Audio of at most
+    segment_frames + 2*context_frames frames is passed through in one call.
+
+    loudness_db: compute_loudness(audio) [F] if already computed.
+    Returns dict(f0_hz, periodicity, loudness_db): float32 CPU tensors [F].
+    """
+    from tqdm import tqdm
+
+    audio = np.ascontiguousarray(audio, np.float32).reshape(-1)
+    F = n_frames(audio.size)
+    loud = compute_loudness(audio) if loudness_db is None else np.asarray(loudness_db, np.float32)
+    align = 5
+    segment_frames = max(align, segment_frames // align * align)
+    context_frames = context_frames // align * align
+    if F <= segment_frames + 2 * context_frames:
+        return extract_features(audio, crepe, device, loudness_db=loud)
+    f0 = np.empty(F, np.float32)
+    per = np.empty(F, np.float32)
+    starts = range(0, F, segment_frames)
+    bar = tqdm(starts, desc=f"pitch (CREPE {crepe})", unit="seg", leave=False,
+               disable=None if progress is None else not progress)
+    for a in bar:
+        b = min(F, a + segment_frames)
+        lo, hi = max(0, a - context_frames), min(F, b + context_frames)
+        seg = audio[lo * HOP: hi * HOP]
+        f, p = compute_f0(seg, crepe, device, loudness_db=loud[lo: lo + n_frames(seg.size)])
+        f0[a:b], per[a:b] = f[a - lo: b - lo], p[a - lo: b - lo]
+    return {"f0_hz": torch.from_numpy(f0), "periodicity": torch.from_numpy(per),
+            "loudness_db": torch.from_numpy(np.ascontiguousarray(loud, np.float32))}
 
 
 # --------------------------------------------------------------------------------------------------

@@ -1,23 +1,30 @@
 """Notes in frame features: which frames are sung (or played) notes, where one note ends and the next
-begins, and the plucked-note loudness envelope.
+begins, the plucked-note loudness envelope, and the auto-adjust that turns a voice's frames into a
+guitar's (`adjust_features`: octave, loudness map, pluck envelope, held pitch).
 
-Shared by transfer.py (the voice's notes, its pluck envelope) and data.py (the training guitar's notes,
-from which the plucked-note curve statistic is learned), so the statistic and its use agree. Pure
-numpy functions on [F] frame arrays at features.FRAME_RATE (Hz, dB, periodicity 0..1).
+Shared by transfer.py and evaluate.py (the voice's notes, the auto-adjust) and data.py (the training
+guitar's notes, from which the plucked-note curve statistic is learned), so the statistic and its use
+agree. Pure numpy functions on [F] frame arrays at features.FRAME_RATE (Hz, dB, periodicity 0..1).
 """
 from __future__ import annotations
+
+import argparse
+import math
+from dataclasses import dataclass
 
 import numpy as np
 
 import features
+from utils import UserError
 
 SMOOTH_FRAMES = 7             # median filter on periodicity (28 ms)
 MAX_GAP_FRAMES = 5            # note gaps up to 20 ms are closed
 MIN_NOTE_FRAMES = 12          # notes shorter than 48 ms are dropped
 MIN_NOTE_CHANGE_FRAMES = 8    # a pitch change must hold 32 ms to start a new note
 ABS_FLOOR_DB = features.SILENCE_DB   # -70 dB: below this a frame is never a note
-PLUCK_DECAY_DB_PER_S = 20.0   # fixed decay without a learned curve; on held-out FluidR3 pairs 20 beat 10, 30, 45 dB/s
+PLUCK_DECAY_DB_PER_S = 20.0   # fixed decay without a learned curve (chosen on held-out pairs: README)
 N_QUANTILES = 101             # loudness quantiles 0..100 %
+EDGE_RAMP_FRAMES = 5          # 20 ms ramps between note and non-note loudness (auto-adjust)
 PLUCK_ATTACK_FRAMES = 13      # a note's onset level is its maximum over its first 52 ms
 ONSET_RISE_DB = 20.0          # a sung note after a rest starts where its loudness rose to within 20 dB of its onset ...
 ONSET_RISE_FRAMES = 25        # ... looking back at most 100 ms (the periodicity-based start comes late on a slow attack)
@@ -202,8 +209,8 @@ def pluck_envelope(loudness_db: np.ndarray, note: np.ndarray, f0_hz: np.ndarray,
     where the map put it. A sung note's end is where the played note was released; the running minimum
     keeps vibrato and swells inside the sung note out of the guitar (measured variants: README, Design
     notes, "Pluck envelope"). The raw running minimum locked a note at a brief dip of the voice (a breath,
-    a consonant), and the raw offset put a loud note's onset up to 17 dB above the voice for 50 ms and
-    dropped it in one frame: the dip filling and the bounded, decaying accent remove both.
+    a consonant), and the raw offset put a loud note's onset far above the voice for 50 ms and dropped it
+    in one frame: the dip filling and the bounded, decaying accent remove both.
     """
     x = np.asarray(loudness_db, np.float64)
     f0 = np.asarray(f0_hz, np.float64)
@@ -244,3 +251,201 @@ def hold_note_pitch(f0_hz: np.ndarray, note: np.ndarray) -> np.ndarray:
     for a, b in note_segments(note, f0):
         out[a:b] = features.midi_to_hz(note_midi(f0[a:b]))
     return out
+
+
+# ------------------------------------------------------------------------------------------------
+# Auto-adjust: a voice's frames -> a guitar's (DDSP timbre-transfer style), from a checkpoint's statistics
+# ------------------------------------------------------------------------------------------------
+
+def auto_octave_shift(train_mean_midi: float, input_mean_midi: float) -> int:
+    """Whole octaves that bring the input's mean pitch nearest the training set's:
+    round((train - input) / 12), halves rounded up (toward higher pitch)."""
+    return int(math.floor((train_mean_midi - input_mean_midi) / 12.0 + 0.5))
+
+
+def quantile_map(x: np.ndarray, input_quantiles, target_quantiles, max_slope: float | None = None) -> np.ndarray:
+    """Map values through the piecewise-linear curve input_quantiles[i] -> target_quantiles[i].
+
+    The i-th input quantile lands exactly on the i-th target quantile; between them the map is linear,
+    outside the input range it is held at the end values. Tied input quantiles (a loudness shared by
+    many frames) map to the mean of their targets.
+    max_slope: if given, each segment's slope (dB out per dB in) is capped at this value and the curve is
+    rebuilt from its middle knot (which keeps its target), so an input with a narrow loudness range
+    (a steady hum) is not stretched over the whole training range; segments within the cap are unchanged.
+    Returns float64 array shaped like `x`.
+    """
+    xq = np.asarray(input_quantiles, np.float64)
+    yq = np.asarray(target_quantiles, np.float64)
+    if xq.shape != yq.shape or xq.ndim != 1 or xq.size == 0:
+        raise ValueError(f"quantile arrays must be equal-length 1-D, got {xq.shape} and {yq.shape}")
+    order = np.argsort(xq, kind="stable")
+    xq, yq = xq[order], yq[order]
+    ux, inv = np.unique(xq, return_inverse=True)
+    uy = np.bincount(inv, weights=yq) / np.bincount(inv)
+    if ux.size == 1:
+        return np.full(np.shape(x), uy[0])
+    if max_slope is not None:
+        dy = np.minimum(np.diff(uy), max_slope * np.diff(ux))
+        y = np.concatenate([[0.0], np.cumsum(dy)])
+        mid = ux.size // 2
+        uy = y - y[mid] + uy[mid]
+    return np.interp(np.asarray(x, np.float64), ux, uy)
+
+
+def note_weight(note: np.ndarray, ramp_frames: int = EDGE_RAMP_FRAMES) -> np.ndarray:
+    """1 on note frames, falling linearly to 0 over `ramp_frames` frames outside them; float64 [F]."""
+    from scipy.ndimage import distance_transform_edt
+
+    note = np.asarray(note, bool)
+    if note.all() or not note.any():
+        return note.astype(np.float64)
+    dist = distance_transform_edt(~note)
+    return np.clip(1.0 - dist / (ramp_frames + 1.0), 0.0, 1.0)
+
+
+@dataclass
+class AdjustSettings:
+    """Options of the auto-adjust (`adjust_features`); the defaults are transfer.py's and evaluate.py's
+    flag defaults (`add_adjust_arguments`)."""
+    auto: bool = True                           # False: no note gating, auto octave or loudness matching
+    octave: int | None = None                   # whole octaves; None: toward the training set's mean pitch
+    semitones: float = 0.0                      # extra pitch shift
+    loudness_db: float = 0.0                    # offset added to every frame at the end, dB
+    note_threshold: float = 0.5                 # CREPE periodicity needed for a note frame
+    floor_db: float | None = None               # loudness needed for a note frame; None: default_floor_db
+    quiet_db: float = 30.0                      # non-note frames: this far below the softest training notes
+    max_slope: float | None = 2.0               # loudness map's slope cap (dB per dB); None: pure quantiles
+    envelope: str = "pluck"                     # pluck: pluck_envelope; voice: the voice's own envelope
+    pitch: str = "note"                         # note: each note held at its median pitch; voice: as sung
+    pluck_decay_db_per_s: float | None = None   # None: the config's learned curve, else a straight decay
+
+
+def adjust_features(f0_hz: np.ndarray, loudness_db: np.ndarray, periodicity: np.ndarray, config: dict,
+                    settings: AdjustSettings = AdjustSettings()) -> tuple[np.ndarray, np.ndarray, dict]:
+    """Auto-adjust input features toward the training set described by `config`.
+
+    Note frames (`detect_notes`); pitch shifted by whole octaves (`auto_octave_shift`, or settings.octave)
+    plus settings.semitones; loudness mapped (`map_loudness`); then each note plucked (`pluck_envelope`)
+    and held at its pitch (`hold_note_pitch`) unless settings say "voice". settings.auto False: only the
+    explicit octave, semitones and loudness offset.
+
+    Args:
+        f0_hz, loudness_db, periodicity: [F] input features (Hz, dB, 0..1).
+        config: model config with mean_midi, loudness_quantiles (101 dB values or None),
+            loudness_mean/std (used when quantiles are missing), pluck_envelope (or None: fixed decay).
+    Returns:
+        (f0_hz [F] float32 Hz, loudness_db [F] float32 dB, info dict: note_mask bool [F],
+        octave int, semitones float (total shift), input_mean_midi, note_fraction, method str,
+        envelope str (e.g. "pluck, learned (6 pitch bands)", "pluck, 20 dB/s", "voice", "none")).
+    Raises:
+        UserError (without a file name; the caller adds it) when no note frames are found.
+    """
+    f0 = np.asarray(f0_hz, np.float64)
+    loud = np.asarray(loudness_db, np.float64)
+    note = detect_notes(periodicity, loud, settings.note_threshold, settings.floor_db)
+    if not note.any():
+        raise UserError(f"no pitched notes found (CREPE periodicity never reaches {settings.note_threshold} "
+                        f"for {MIN_NOTE_FRAMES * 4} ms above the loudness floor); give a sung or hummed "
+                        f"melody, or lower --note_threshold / --floor_db")
+    in_midi = mean_midi(f0, note)
+    if settings.octave is not None:
+        octave = int(settings.octave)
+    else:
+        octave = auto_octave_shift(float(config["mean_midi"]), in_midi) if settings.auto else 0
+    shift = 12.0 * octave + float(settings.semitones)
+    f0_out = f0 * 2.0 ** (shift / 12.0)
+    info = {"note_mask": note, "octave": octave, "semitones": shift, "input_mean_midi": in_midi,
+            "note_fraction": float(note.mean()), "method": "none",
+            "envelope": settings.envelope if settings.auto else "none"}
+    if not settings.auto:
+        loud_out = loud + settings.loudness_db
+    else:
+        loud_out, info["method"] = map_loudness(loud, note, config, settings)
+        if settings.envelope == "pluck":
+            fixed = settings.pluck_decay_db_per_s
+            learned = config.get("pluck_envelope") if fixed is None else None
+            decay = PLUCK_DECAY_DB_PER_S if fixed is None else float(fixed)
+            loud_out = pluck_envelope(loud_out, note, f0_out, learned, decay, sung_loudness_db=loud)
+            info["envelope"] = (f"pluck, learned ({len(learned['curves_db'])} pitch bands)" if learned
+                                else f"pluck, {decay:g} dB/s")
+        if settings.pitch == "note":
+            f0_out = hold_note_pitch(f0_out, note)
+        info["pitch"] = settings.pitch
+        info["input_note_median_db"] = float(np.median(loud[note]))
+        info["output_note_median_db"] = float(np.median(loud_out[note]))
+    loud_out = np.maximum(loud_out, -features.LOUDNESS_RANGE_DB)
+    return f0_out.astype(np.float32), loud_out.astype(np.float32), info
+
+
+def map_loudness(loud: np.ndarray, note: np.ndarray, config: dict,
+                 settings: AdjustSettings = AdjustSettings()) -> tuple[np.ndarray, str]:
+    """The auto-adjust's loudness map: [F] dB, bool [F] -> ([F] dB float64, "quantile" or "mean_std").
+
+    Note frames: the input's note-frame quantiles mapped onto the config's `loudness_quantiles`
+    (`quantile_map`, slope capped at settings.max_slope); a config without quantiles: mean/std matching.
+    Non-note frames (breath, room noise, silence) follow the input's level, offset like the softest
+    notes, then pushed settings.quiet_db below the training set's softest note loudness, so they render
+    as silence; `note_weight` ramps between the two. Plus settings.loudness_db on every frame.
+    """
+    q_in = loudness_quantiles(loud[note])
+    q_train = config.get("loudness_quantiles")
+    if q_train is not None and len(q_train) >= 2:
+        q_train = np.asarray(q_train, np.float64)
+        if q_train.size != q_in.size:  # resample the training quantiles onto our levels
+            q_train = np.interp(np.linspace(0, 1, q_in.size), np.linspace(0, 1, q_train.size), q_train)
+        mapped, method = quantile_map(loud, q_in, q_train, settings.max_slope), "quantile"
+    else:
+        std_in = max(float(loud[note].std()), 1e-3)
+        mapped = (loud - loud[note].mean()) / std_in * float(config["loudness_std"]) + float(config["loudness_mean"])
+        q_train, method = loudness_quantiles(mapped[note]), "mean_std"
+    quiet = np.minimum(loud + (q_train[0] - q_in[0]), q_train[0]) - settings.quiet_db
+    weight = note_weight(note)
+    return weight * mapped + (1.0 - weight) * quiet + settings.loudness_db, method
+
+
+def add_adjust_arguments(p: argparse.ArgumentParser) -> None:
+    """The auto-adjust flags (transfer.py, evaluate.py --pairs); their defaults are `AdjustSettings`'."""
+    d = AdjustSettings()
+    p.add_argument("--octave", default="auto" if d.octave is None else str(d.octave),
+                   help="octave shift: 'auto' (toward the training set's mean pitch) or an integer")
+    p.add_argument("--semitones", type=float, default=d.semitones, help="extra pitch shift in semitones")
+    p.add_argument("--loudness_db", type=float, default=d.loudness_db,
+                   help="loudness offset (dB) applied after the adjust")
+    p.add_argument("--note_threshold", type=float, default=d.note_threshold,
+                   help="CREPE periodicity needed for a note frame")
+    p.add_argument("--floor_db", type=float, default=d.floor_db,
+                   help="loudness (dB) needed for a note frame; default 40 dB below the file's 99th percentile")
+    p.add_argument("--max_expand", type=float, default=d.max_slope or 0.0,
+                   help="loudness map may stretch input loudness differences at most this much (dB per dB); "
+                        "0 = pure quantile matching")
+    p.add_argument("--quiet_db", type=float, default=d.quiet_db,
+                   help="non-note frames are rendered this far below the training set's softest notes")
+    p.add_argument("--envelope", choices=("pluck", "voice"), default=d.envelope,
+                   help="pluck: each sung note becomes a plucked note (its onset level, then the training "
+                        "set's plucked-note decay curve for its pitch, ending when the sung note ends); "
+                        "voice: keep the voice's own swell and sustain (sounds bowed)")
+    p.add_argument("--pitch", choices=("note", "voice"), default=d.pitch,
+                   help="note: each sung note held at its own (median) pitch, as a fretted string holds it; "
+                        "voice: keep the voice's vibrato, scoops and drift")
+    p.add_argument("--pluck_decay", type=float, default=d.pluck_decay_db_per_s,
+                   help="a straight decay of this many dB/s instead of the checkpoint's learned curve; "
+                        f"default: the learned curve (config 'pluck_envelope'), or {PLUCK_DECAY_DB_PER_S:g} "
+                        "dB/s for a checkpoint without one")
+    p.add_argument("--no_adjust", action="store_true", default=not d.auto,
+                   help="no automatic adjust (note gating, auto octave, loudness matching); --octave N, "
+                        "--semitones and --loudness_db still apply")
+
+
+def adjust_settings(args) -> AdjustSettings:
+    """AdjustSettings from the flags of `add_adjust_arguments` (UserError for a bad --octave)."""
+    octave = None
+    if args.octave != "auto":
+        try:
+            octave = int(args.octave)
+        except ValueError:
+            raise UserError(f"--octave {args.octave}: use 'auto' or a whole number such as -1") from None
+    return AdjustSettings(auto=not args.no_adjust, octave=octave, semitones=args.semitones,
+                          loudness_db=args.loudness_db, note_threshold=args.note_threshold,
+                          floor_db=args.floor_db, quiet_db=args.quiet_db,
+                          max_slope=args.max_expand if args.max_expand > 0 else None,
+                          envelope=args.envelope, pluck_decay_db_per_s=args.pluck_decay, pitch=args.pitch)

@@ -6,6 +6,7 @@ real CLI (in-process through utils.run_main). The model is the small one trained
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -14,7 +15,7 @@ import soundfile as sf
 import evaluate
 from conftest import run_cli
 import features
-from test_transfer import pluck, sung_tone, tiny_checkpoint
+from test_transfer import broken_checkpoint, pluck, sung_tone, tiny_checkpoint
 
 SR = features.SAMPLE_RATE
 
@@ -103,3 +104,114 @@ def test_pairs_mode(ckpt, folders, tmp_path, monkeypatch, capsys):
 def test_flag_errors_are_one_line(argv, expected, ckpt, monkeypatch, capsys):
     code, _, err = cli(["--checkpoint", ckpt, *argv], monkeypatch, capsys)
     assert code == 1 and len(err.strip().splitlines()) == 1 and expected in err
+
+
+# ---------------------------------------------------------------------------------------------------
+# Issue 14: unwritable --json, broken checkpoints, noise without notes, progress, threads
+# ---------------------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("case", ["under_a_file", "read_only", "a_folder"])
+def test_unwritable_json_is_one_line_before_any_work(case, ckpt, folders, tmp_path, monkeypatch, capsys):
+    import os
+
+    import model
+
+    (tmp_path / "notes.txt").write_text("a file")
+    (tmp_path / "ro").mkdir()
+    (tmp_path / "eval.json").mkdir()
+    out, expected = {"under_a_file": (tmp_path / "notes.txt" / "eval.json", "is a file, not a folder"),
+                     "read_only": (tmp_path / "ro" / "eval.json", "cannot write"),
+                     "a_folder": (tmp_path / "eval.json", "is a folder")}[case]
+    real = os.access
+    monkeypatch.setattr(os, "access", lambda p, mode, *a, **k: False if Path(p) == tmp_path / "ro" and mode & os.W_OK
+                        else real(p, mode, *a, **k))
+    monkeypatch.setattr(model, "load_model", lambda *a, **k: pytest.fail("work started before --json was checked"))
+    before = sorted(p.name for p in tmp_path.rglob("*"))
+    code, _, err = cli(["--checkpoint", ckpt, "--audio_dir", folders / "voice", "--json", out, "--device", "cpu"],
+                       monkeypatch, capsys)
+    assert code == 1 and len(err.strip().splitlines()) == 1 and expected in err and "--json" in err, err
+    assert sorted(p.name for p in tmp_path.rglob("*")) == before
+
+
+@pytest.mark.parametrize("kind", ["nan", "overflow"])
+def test_broken_checkpoint_is_one_line_and_no_json(kind, ckpt, folders, tmp_path, monkeypatch, capsys):
+    bad = broken_checkpoint(ckpt, tmp_path, kind)
+    out = tmp_path / "eval.json"
+    code, _, err = cli(["--checkpoint", bad, "--audio_dir", folders / "voice", "--limit", "1", "--json", out,
+                        "--device", "cpu", "--threads", "1"], monkeypatch, capsys)
+    lines = [l for l in err.strip().splitlines() if not l.startswith("resynthesis ")]
+    assert code == 1 and len(lines) == 1 and lines[0].startswith("error: ") and str(bad) in lines[0], err
+    assert not out.exists()
+
+
+def test_json_never_holds_nan():
+    rep = evaluate.finite_or_null({"a": float("nan"), "b": [1.5, float("inf"), {"c": -float("inf")}], "d": "x"})
+    assert rep == {"a": None, "b": [1.5, None, {"c": None}], "d": "x"}
+    json.dumps(rep, allow_nan=False)
+
+
+def test_raw_pitch_accuracy_na_without_notes_and_no_warning():
+    import warnings
+
+    import mir_eval
+
+    F = 200
+    f0 = np.full(F, 220.0)
+    note = np.zeros(F, bool)
+    note[50:150] = True
+    est = f0 * np.where(np.arange(F) < 100, 1.0, 2 ** (1 / 12))   # half the note frames a semitone off
+
+    def oracle(voiced_out):
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            return mir_eval.melody.raw_pitch_accuracy(note.astype(float), mir_eval.melody.hz2cents(np.where(note, f0, 0)),
+                                                      voiced_out.astype(float), mir_eval.melody.hz2cents(est), 50.0)
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")                             # any warning fails the test
+        assert evaluate.raw_pitch_accuracy(np.zeros(F, bool), f0, np.ones(F, bool), f0) is None
+        silent_out = evaluate.raw_pitch_accuracy(note, f0, np.zeros(F, bool), est)   # output never voiced
+        rpa = evaluate.raw_pitch_accuracy(note, f0, np.ones(F, bool), est)
+    assert silent_out == pytest.approx(oracle(np.zeros(F, bool)))
+    assert rpa == pytest.approx(oracle(np.ones(F, bool))) and rpa == pytest.approx(0.5)
+
+
+def test_noise_is_na_and_left_out_of_the_mean(ckpt, tmp_path, monkeypatch, capsys, recwarn):
+    d = tmp_path / "mixed"
+    d.mkdir()
+    sf.write(d / "a.wav", sung_tone(196.0, seconds=1.0, pad_s=0.1)[0], SR)
+    rng = np.random.default_rng(0)
+    sf.write(d / "noise.wav", (0.2 * rng.standard_normal(SR)).astype(np.float32), SR)
+    out = tmp_path / "eval.json"
+    code, stdout, err = cli(["--checkpoint", ckpt, "--audio_dir", d, "--json", out, "--device", "cpu",
+                             "--threads", "1"], monkeypatch, capsys)
+    assert code == 0
+    res = json.loads(out.read_text())["resynthesis"]
+    rows = {r["file"]: r for r in res["files"]}
+    for who in ("model", "baseline"):
+        assert rows["noise.wav"][who]["note_frames"] == 0 and rows["noise.wav"][who]["rpa"] is None
+        assert rows["a.wav"][who]["rpa"] is not None
+        assert res["mean"][who]["rpa"] == pytest.approx(rows["a.wav"][who]["rpa"])   # noise left out
+    noise_line = next(l for l in stdout.splitlines() if l.startswith("noise.wav"))
+    assert "n/a" in noise_line
+    assert not [w for w in recwarn if "voiced frames" in str(w.message)]            # mir_eval kept quiet
+    # progress: one line per file, the first with the expected time left
+    progress = [l for l in err.splitlines() if l.startswith("resynthesis ")]
+    assert [l.split(":")[0] for l in progress] == ["resynthesis 1/2", "resynthesis 2/2"]
+    assert "left" in progress[0] and "left" not in progress[1]
+
+
+def test_threads_default_to_all_cores(ckpt, folders, monkeypatch, capsys):
+    import os
+
+    monkeypatch.setattr(os, "cpu_count", lambda: 7)
+    assert evaluate.build_parser().parse_args([]).threads == 7
+    seen = []
+
+    def stop(n):
+        seen.append(n)
+        raise evaluate.UserError("stop here")
+    monkeypatch.setattr(evaluate, "apply_threads", stop)
+    cli(["--checkpoint", ckpt, "--audio_dir", folders / "voice"], monkeypatch, capsys)
+    cli(["--checkpoint", ckpt, "--audio_dir", folders / "voice", "--threads", "2"], monkeypatch, capsys)
+    assert seen == [7, 2]

@@ -256,6 +256,50 @@ def test_load_audio_errors_are_one_line_user_errors(tmp_path):
         fx.load_audio(tmp_path / "missing.wav")
 
 
+@pytest.mark.parametrize("ext", fx.AUDIO_EXTENSIONS)
+def test_every_listed_extension_is_read(tmp_path, ext):
+    """AUDIO_EXTENSIONS is the one list every script accepts: each must really load (files written by
+    libsndfile itself, mp3 included), with the sine's pitch intact."""
+    p = tmp_path / f"x{ext}"
+    fmt = {".aif": "AIFF", ".mp3": "MP3", ".ogg": "OGG"}.get(ext)
+    sf.write(p, sine(300, 0.5, 0.5, sr=22050), 22050, format=fmt or ext[1:].upper())
+    x = fx.load_audio(p)
+    assert abs(len(x) - 0.5 * SR) <= 0.06 * SR                 # mp3 adds encoder delay/padding
+    mid = x[2000:-2000]
+    spec = np.abs(np.fft.rfft(mid * np.hanning(len(mid))))
+    assert np.fft.rfftfreq(len(mid), 1 / SR)[np.argmax(spec)] == pytest.approx(300, abs=3)
+
+
+def test_load_audio_folder_says_folder(tmp_path):
+    with pytest.raises(UserError) as e:
+        fx.load_audio(tmp_path)
+    assert "is a folder" in str(e.value) and "not found" not in str(e.value) and "\n" not in str(e.value)
+
+
+def test_truncated_wav_warns_once_and_loads_what_is_there(tmp_path, capsys):
+    x = sine(300, 2.0, 0.5)
+    full = tmp_path / "full.wav"
+    sf.write(full, x, SR, subtype="PCM_16")
+    data = full.read_bytes()
+    cut = tmp_path / "cut.wav"
+    cut.write_bytes(data[: len(data) // 2])                       # header still says 2 s
+    assert fx.wav_header_frames(full) == x.size == fx.wav_header_frames(cut)
+    y = fx.load_audio(full)
+    assert capsys.readouterr().err == ""                          # an intact file: no warning
+    y = fx.load_audio(cut)
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("warning: ") and str(cut) in err[0]
+    assert "shorter than its header" in err[0] and "2.00 s" in err[0]
+    n = (len(data) // 2 - 44) // 2                                # 16-bit mono after a 44-byte header
+    assert y.size == n
+    np.testing.assert_allclose(y, x[:n], atol=1 / 32768)
+    # other formats (no RIFF header) are not second-guessed
+    assert fx.wav_header_frames(tmp_path / "missing.wav") is None
+    flac = tmp_path / "x.flac"
+    sf.write(flac, x, SR)
+    assert fx.wav_header_frames(flac) is None
+
+
 def test_note_helpers():
     assert fx.hz_to_midi(440.0) == pytest.approx(69.0)
     assert fx.midi_to_hz(69.0) == pytest.approx(440.0) and fx.midi_to_hz(57.0) == pytest.approx(220.0)

@@ -17,7 +17,6 @@ import torch
 import data
 import features
 import notes
-import transfer
 from conftest import run_cli
 from test_data import write_features
 
@@ -118,8 +117,8 @@ def test_transfer_of_a_sustained_hum_follows_the_stored_curve_and_stops_with_it(
     k = 4                                               # the hum peaks at the end of its 5-frame swell
     for midi in (LOW + 5, HIGH):                        # hums in the low and in the high band
         f0, loud, per, (a, fade) = hum(midi_hz(midi), seconds=1.2)
-        _, out, info = transfer.adjust_features(f0, loud, per, cfg, transfer.AdjustSettings(octave=0))
-        _, sung, _ = transfer.adjust_features(f0, loud, per, cfg, transfer.AdjustSettings(octave=0, envelope="voice"))
+        _, out, info = notes.adjust_features(f0, loud, per, cfg, notes.AdjustSettings(octave=0))
+        _, sung, _ = notes.adjust_features(f0, loud, per, cfg, notes.AdjustSettings(octave=0, envelope="voice"))
         assert info["envelope"] == "pluck, learned (2 pitch bands)"
         assert info["note_mask"][a] and info["note_mask"][fade - 1] and not info["note_mask"][a - 1]
         # one note: its onset lands on the training notes' median onset level, then the band's curve ...
@@ -136,8 +135,8 @@ def test_transfer_of_a_sustained_hum_follows_the_stored_curve_and_stops_with_it(
         # an older statistic without the onset level: the note starts at the sung onset, and below the
         # steady hum the curve decays at the band's rate
         old = {key: v for key, v in stat.items() if key != "onset_db_median"}
-        _, out, _ = transfer.adjust_features(f0, loud, per, {**cfg, "pluck_envelope": old},
-                                             transfer.AdjustSettings(octave=0))
+        _, out, _ = notes.adjust_features(f0, loud, per, {**cfg, "pluck_envelope": old},
+                                             notes.AdjustSettings(octave=0))
         want = sung[a + k] + notes.pluck_curve(fade - a, midi, stat)
         want[k:] = np.minimum(want[k:], sung[a + k:fade] + accent(fade - a - k))
         np.testing.assert_allclose(out[a:fade], want, atol=1e-4)
@@ -153,9 +152,9 @@ def test_transfer_of_a_sustained_hum_follows_the_stored_curve_and_stops_with_it(
     assert out[fade + 40] == pytest.approx(loud[fade + 40], abs=1e-6) and loud[fade + 40] < ring[fade + 40 - a] - 20
     # an explicit --pluck_decay, or a checkpoint without the statistic: the fixed straight decay
     f0, loud, per, (a, fade) = hum(midi_hz(57.0))
-    for c, s in ((cfg, transfer.AdjustSettings(octave=0, pluck_decay_db_per_s=20.0)),
-                 ({k: v for k, v in cfg.items() if k != "pluck_envelope"}, transfer.AdjustSettings(octave=0))):
-        _, out, info = transfer.adjust_features(f0, loud, per, c, s)
+    for c, s in ((cfg, notes.AdjustSettings(octave=0, pluck_decay_db_per_s=20.0)),
+                 ({k: v for k, v in cfg.items() if k != "pluck_envelope"}, notes.AdjustSettings(octave=0))):
+        _, out, info = notes.adjust_features(f0, loud, per, c, s)
         assert info["envelope"] == "pluck, 20 dB/s"
         np.testing.assert_allclose(out[a:fade] - out[a:fade].max(), -20.0 * np.arange(fade - a) / FR, atol=1e-4)
 
@@ -367,8 +366,8 @@ def test_each_note_is_held_at_its_median_pitch():
            "loudness_mean": -15.0, "loudness_std": 10.0, "pluck_envelope": LINEAR}
     loud = np.where(note, -20.0, -80.0)
     per = np.where(note, 0.9, 0.0)
-    held, _, info = transfer.adjust_features(f0, loud, per, cfg, transfer.AdjustSettings(octave=1))
-    as_sung, _, _ = transfer.adjust_features(f0, loud, per, cfg, transfer.AdjustSettings(octave=1, pitch="voice"))
+    held, _, info = notes.adjust_features(f0, loud, per, cfg, notes.AdjustSettings(octave=1))
+    as_sung, _, _ = notes.adjust_features(f0, loud, per, cfg, notes.AdjustSettings(octave=1, pitch="voice"))
     np.testing.assert_allclose(as_sung, 2.0 * f0, rtol=1e-6)
     np.testing.assert_allclose(held, 2.0 * out, rtol=1e-6)
     assert info["pitch"] == "note"

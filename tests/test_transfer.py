@@ -20,6 +20,7 @@ import torch
 
 import features
 import notes
+import pipeline
 import transfer
 from conftest import run_cli
 from utils import atomic_torch_save
@@ -137,10 +138,10 @@ def cli(argv, monkeypatch, capsys):
 # ---------------------------------------------------------------------------------------------------
 
 def test_auto_octave_two_octaves_above_training_mean():
-    assert transfer.auto_octave_shift(52.0, 76.0) == -2
-    assert transfer.auto_octave_shift(52.0, 52.0 - 12.0) == 1
-    assert transfer.auto_octave_shift(52.0, 57.0) == 0   # 5 semitones: nearer unshifted
-    assert transfer.auto_octave_shift(52.0, 59.0) == -1  # 7 semitones: nearer one octave down
+    assert notes.auto_octave_shift(52.0, 76.0) == -2
+    assert notes.auto_octave_shift(52.0, 52.0 - 12.0) == 1
+    assert notes.auto_octave_shift(52.0, 57.0) == 0   # 5 semitones: nearer unshifted
+    assert notes.auto_octave_shift(52.0, 59.0) == -1  # 7 semitones: nearer one octave down
     # and through adjust_features on an input whose note frames sit at exactly MIDI 76 (E5)
     F = 500
     f0 = np.full(F, 440.0 * 2 ** (7 / 12), np.float32)
@@ -148,35 +149,35 @@ def test_auto_octave_two_octaves_above_training_mean():
     per = np.full(F, 0.9, np.float32)
     cfg = {"mean_midi": 52.0, "loudness_quantiles": list(np.linspace(-60, -10, 101)),
            "loudness_mean": -30.0, "loudness_std": 10.0}
-    f0_out, _, info = transfer.adjust_features(f0, loud, per, cfg)
+    f0_out, _, info = notes.adjust_features(f0, loud, per, cfg)
     assert info["octave"] == -2 and info["semitones"] == -24.0
     np.testing.assert_allclose(f0_out, f0 / 4, rtol=1e-6)
-    f0_out, _, info = transfer.adjust_features(f0, loud, per, cfg, transfer.AdjustSettings(octave=1, semitones=-3))
+    f0_out, _, info = notes.adjust_features(f0, loud, per, cfg, notes.AdjustSettings(octave=1, semitones=-3))
     np.testing.assert_allclose(f0_out, f0 * 2 ** (9 / 12), rtol=1e-6)
 
 
 def test_quantile_map_sends_input_quantiles_to_training_quantiles():
     rng = np.random.default_rng(1)
     x = rng.normal(-30, 8, 5000)
-    q_in = transfer.loudness_quantiles(x)
+    q_in = notes.loudness_quantiles(x)
     q_train = np.sort(rng.uniform(-70, 0, 101))
-    assert np.array_equal(transfer.quantile_map(q_in, q_in, q_train), q_train)
+    assert np.array_equal(notes.quantile_map(q_in, q_in, q_train), q_train)
     # the mapped distribution has the training quantiles (up to interpolation between levels)
-    np.testing.assert_allclose(transfer.loudness_quantiles(transfer.quantile_map(x, q_in, q_train)), q_train,
+    np.testing.assert_allclose(notes.loudness_quantiles(notes.quantile_map(x, q_in, q_train)), q_train,
                                atol=0.05)
     # monotone, and held at the ends outside the input range
-    y = transfer.quantile_map(np.linspace(-100, 50, 400), q_in, q_train)
+    y = notes.quantile_map(np.linspace(-100, 50, 400), q_in, q_train)
     assert np.all(np.diff(y) >= 0) and y[0] == q_train[0] and y[-1] == q_train[-1]
     # capped slope: a steady hum (1 dB range) is stretched at most 2x, its median lands on the training median
     hum = rng.uniform(-20.5, -19.5, 2000)
-    q_hum = transfer.loudness_quantiles(hum)
-    y = transfer.quantile_map(hum, q_hum, q_train, max_slope=2.0)
+    q_hum = notes.loudness_quantiles(hum)
+    y = notes.quantile_map(hum, q_hum, q_train, max_slope=2.0)
     assert np.ptp(y) <= 2 * np.ptp(hum) + 1e-9 and abs(np.median(y) - q_train[50]) < 0.05
-    assert np.all(np.diff(transfer.quantile_map(np.sort(hum), q_hum, q_train, max_slope=2.0)) >= 0)
+    assert np.all(np.diff(notes.quantile_map(np.sort(hum), q_hum, q_train, max_slope=2.0)) >= 0)
     # a cap the map never reaches changes nothing
-    np.testing.assert_allclose(transfer.quantile_map(q_in, q_in, q_train, max_slope=1e9), q_train, atol=1e-9)
+    np.testing.assert_allclose(notes.quantile_map(q_in, q_in, q_train, max_slope=1e9), q_train, atol=1e-9)
     # ties (a loudness shared by many frames) do not break it
-    assert np.isfinite(transfer.quantile_map([-80.0, -10.0], [-80.0, -80.0, 0.0], [-60.0, -50.0, 0.0])).all()
+    assert np.isfinite(notes.quantile_map([-80.0, -10.0], [-80.0, -80.0, 0.0], [-60.0, -50.0, 0.0])).all()
 
 
 def test_adjust_maps_note_loudness_and_quiets_the_rest():
@@ -189,13 +190,13 @@ def test_adjust_maps_note_loudness_and_quiets_the_rest():
     f0 = np.full(F, 200.0)
     q_train = np.linspace(-60, -20, 101)
     cfg = {"mean_midi": 55.0, "loudness_quantiles": list(q_train), "loudness_mean": 0.0, "loudness_std": 1.0}
-    _, out, info = transfer.adjust_features(f0, loud, per, cfg,
-                                            transfer.AdjustSettings(max_slope=None, envelope="voice"))
+    _, out, info = notes.adjust_features(f0, loud, per, cfg,
+                                            notes.AdjustSettings(max_slope=None, envelope="voice"))
     assert np.array_equal(info["note_mask"], note)
-    np.testing.assert_allclose(transfer.loudness_quantiles(out[note]), q_train, atol=0.1)
-    far = ~note & (transfer.note_weight(note) == 0)
+    np.testing.assert_allclose(notes.loudness_quantiles(out[note]), q_train, atol=0.1)
+    far = ~note & (notes.note_weight(note) == 0)
     assert np.all(out[far] <= max(q_train[0] - 30, -80) + 1e-4)        # breath/silence pushed far down
-    _, raw, info = transfer.adjust_features(f0, loud, per, cfg, transfer.AdjustSettings(auto=False, loudness_db=3))
+    _, raw, info = notes.adjust_features(f0, loud, per, cfg, notes.AdjustSettings(auto=False, loudness_db=3))
     np.testing.assert_allclose(raw, loud + 3, atol=1e-4)
     assert info["octave"] == 0
 
@@ -262,7 +263,7 @@ def test_output_tracks_the_sung_pitch(ckpt, voice_file, tmp_path, monkeypatch, c
     fout, pout = features.compute_f0(y, "tiny")
     cfg = torch.load(ckpt, weights_only=True)["config"]
     note = notes.detect_notes(pin, features.compute_loudness(x))
-    octave = transfer.auto_octave_shift(cfg["mean_midi"], transfer.mean_midi(fin, note))
+    octave = notes.auto_octave_shift(cfg["mean_midi"], notes.mean_midi(fin, note))
     assert octave == -1   # 220 Hz voice, training mean ~MIDI 46
     voiced = note & (pout >= 0.5)
     assert voiced.sum() > 0.8 * note.sum()
@@ -278,11 +279,11 @@ def test_chunked_equals_unchunked_through_transfer(ckpt, voice_file):
 
     _, x, _ = voice_file
     net = load_model(ckpt)
-    feats = transfer.extract_features_bounded(x[: SR], "tiny")
-    f0, ld, _ = transfer.adjust_features(feats["f0_hz"].numpy(), feats["loudness_db"].numpy(),
+    feats = features.extract_features_bounded(x[: SR], "tiny")
+    f0, ld, _ = notes.adjust_features(feats["f0_hz"].numpy(), feats["loudness_db"].numpy(),
                                          feats["periodicity"].numpy(), net.config)
-    whole = transfer.render(net, f0, ld, chunk_frames=10 ** 6, seed=3)
-    chunked = transfer.render(net, f0, ld, chunk_frames=37, seed=3)
+    whole = pipeline.render(net, f0, ld, chunk_frames=10 ** 6, seed=3)
+    chunked = pipeline.render(net, f0, ld, chunk_frames=37, seed=3)
     np.testing.assert_allclose(chunked, whole, atol=1e-5 * np.abs(whole).max() + 1e-7)
     # and both equal model.forward given the same noise
     noise = torch.rand(1, f0.size * net.hop, generator=torch.Generator().manual_seed(3)) * 2 - 1
@@ -294,7 +295,7 @@ def test_chunked_equals_unchunked_through_transfer(ckpt, voice_file):
 def test_segmented_pitch_analysis_matches_whole_file(voice_file):
     _, x, _ = voice_file
     whole = features.extract_features(x, "tiny")
-    seg = transfer.extract_features_bounded(x, "tiny", segment_frames=200, context_frames=100)
+    seg = features.extract_features_bounded(x, "tiny", segment_frames=200, context_frames=100)
     assert torch.equal(seg["loudness_db"], whole["loudness_db"])
     voiced = whole["periodicity"].numpy() > 0.5
     cents = 1200 * np.abs(np.log2(seg["f0_hz"].numpy() / whole["f0_hz"].numpy()))
@@ -364,10 +365,124 @@ def test_missing_checkpoint_is_one_line_from_the_real_cli(tmp_path):
 
 
 def test_missing_bundled_checkpoint_is_one_line(tmp_path, monkeypatch, capsys):
-    monkeypatch.setattr(transfer, "DEFAULT_CHECKPOINT", ROOT / "pretrained" / "not_there_guitar_demo.pth")
+    monkeypatch.setattr(pipeline, "DEFAULT_CHECKPOINT", ROOT / "pretrained" / "not_there_guitar_demo.pth")
     src = tmp_path / "v.wav"
     sf.write(src, sung_tone(seconds=0.5)[0], SR)
     code, _, err = cli([src, "-o", tmp_path / "o.wav"], monkeypatch, capsys)
     assert code == 1 and len(err.strip().splitlines()) == 1
     assert "guitar_demo.pth" in err and "--checkpoint" in err
     assert not (tmp_path / "o.wav").exists()
+
+
+# ---------------------------------------------------------------------------------------------------
+# Output locations, formats and inputs checked before the work (issue 14, items 2 and 10)
+# ---------------------------------------------------------------------------------------------------
+
+def _no_work(monkeypatch):
+    """Make loading the model fail the test: the checks under test must come before any work."""
+    import model
+
+    def refuse(*a, **k):
+        raise AssertionError("the model was loaded before the output location was checked")
+    monkeypatch.setattr(model, "load_model", refuse)
+
+
+def _read_only(monkeypatch, folder: Path):
+    """Make `folder` look read-only to os.access (CI runs as root, where chmod does not deny)."""
+    import os
+
+    real = os.access
+    monkeypatch.setattr(os, "access", lambda p, mode, *a, **k: False if Path(p) == folder and mode & os.W_OK
+                        else real(p, mode, *a, **k))
+
+
+@pytest.mark.parametrize("case", ["under_a_file", "read_only", "folder_named_wav", "file_as_folder"])
+def test_unwritable_output_is_one_line_before_any_work(case, ckpt, voice_file, tmp_path, monkeypatch, capsys):
+    path = voice_file[0]
+    (tmp_path / "notes.txt").write_text("a file")
+    (tmp_path / "results").write_text("a file without an extension")
+    (tmp_path / "taken.wav").mkdir()
+    (tmp_path / "ro").mkdir()
+    out, expected = {"under_a_file": (tmp_path / "notes.txt" / "x.wav", "is a file, not a folder"),
+                     "read_only": (tmp_path / "ro" / "x.wav", "cannot write"),
+                     "folder_named_wav": (tmp_path / "taken.wav", "is a folder"),
+                     "file_as_folder": (tmp_path / "results", "is a file; give a folder")}[case]
+    if case == "read_only":
+        _read_only(monkeypatch, tmp_path / "ro")
+    _no_work(monkeypatch)
+    before = sorted(p.name for p in tmp_path.rglob("*"))
+    code, _, err = cli([path, "-o", out, "--checkpoint", ckpt, "--device", "cpu"], monkeypatch, capsys)
+    assert code == 1 and len(err.strip().splitlines()) == 1, err
+    assert expected in err and "-o" in err
+    assert sorted(p.name for p in tmp_path.rglob("*")) == before
+
+
+def test_output_extension_picks_the_format_or_is_refused(ckpt, voice_file, tmp_path, monkeypatch, capsys):
+    path = voice_file[0]
+    _no_work(monkeypatch)
+    code, _, err = cli([path, "-o", tmp_path / "x.m4a", "--checkpoint", ckpt], monkeypatch, capsys)
+    assert code == 1 and len(err.strip().splitlines()) == 1 and ".m4a" in err
+    assert ".wav" in err and ".flac" in err                      # lists what can be written
+    assert not (tmp_path / "x.m4a").exists()                     # no folder named x.m4a
+    monkeypatch.undo()
+    out = tmp_path / "x.flac"
+    code, _, _ = cli([path, "-o", out, "--checkpoint", ckpt, "--device", "cpu"], monkeypatch, capsys)
+    assert code == 0 and sf.info(out).format == "FLAC" and sf.info(out).samplerate == SR
+    # a folder named like a file: with a trailing slash
+    code, _, _ = cli([path, "-o", f"{tmp_path / 'takes.v2'}/", "--checkpoint", ckpt, "--device", "cpu"],
+                     monkeypatch, capsys)
+    assert code == 0 and (tmp_path / "takes.v2" / "voice_guitar.wav").is_file()
+
+
+def test_folder_as_input_says_it_is_a_folder(ckpt, tmp_path, monkeypatch, capsys):
+    (tmp_path / "takes").mkdir()
+    code, _, err = cli([tmp_path / "takes", "-o", tmp_path / "o.wav", "--checkpoint", ckpt, "--device", "cpu"],
+                       monkeypatch, capsys)
+    assert code == 1 and len(err.strip().splitlines()) == 1
+    assert "is a folder" in err and "not found" not in err and "*.wav" in err
+    assert not (tmp_path / "o.wav").exists()
+
+
+def test_mp3_input_is_read(ckpt, voice_file, tmp_path, monkeypatch, capsys):
+    assert ".mp3" in features.AUDIO_EXTENSIONS
+    _, x, _ = voice_file
+    src = tmp_path / "take.mp3"
+    sf.write(src, x, SR)                                        # libsndfile's own MP3 encoder
+    code, _, _ = cli([src, "-o", tmp_path / "o.wav", "--checkpoint", ckpt, "--device", "cpu"], monkeypatch, capsys)
+    assert code == 0 and sf.info(tmp_path / "o.wav").frames == pytest.approx(x.size, abs=2000)
+
+
+# ---------------------------------------------------------------------------------------------------
+# A broken checkpoint: one line naming it, exit 1, nothing written (issue 14, item 4)
+# ---------------------------------------------------------------------------------------------------
+
+def broken_checkpoint(good: Path, directory: Path, kind: str) -> Path:
+    """A copy of `good` with NaN in a decoder weight ("nan") or a finite reverb IR so large that the
+    output overflows to Inf/NaN ("overflow": finite weights, non-finite audio)."""
+    ck = torch.load(good, weights_only=True)
+    state = dict(ck["model"])
+    if kind == "nan":
+        name = next(k for k in state if k.endswith("weight") and not k.startswith("reverb"))
+        state[name] = torch.full_like(state[name], float("nan"))
+    else:
+        state["reverb.ir"] = torch.full_like(state["reverb.ir"], 3e38)
+    path = Path(directory) / f"broken_{kind}.pth"
+    atomic_torch_save({**ck, "model": state}, path)
+    return path
+
+
+@pytest.mark.parametrize("kind", ["nan", "overflow"])
+def test_broken_checkpoint_is_one_line_and_writes_nothing(kind, ckpt, voice_file, tmp_path, monkeypatch, capsys):
+    bad = broken_checkpoint(ckpt, tmp_path, kind)
+    out = tmp_path / "o" / "x.wav"
+    code, _, err = cli([voice_file[0], "-o", out, "--checkpoint", bad, "--device", "cpu", "--plot"],
+                       monkeypatch, capsys)
+    assert code == 1 and len(err.strip().splitlines()) == 1, err
+    assert str(bad) in err
+    assert not out.exists() and not out.with_suffix(".png").exists()
+    assert not (out.parent.exists() and any(out.parent.iterdir()))
+
+
+def test_adjust_flag_defaults_are_the_settings_defaults():
+    args = transfer.build_parser().parse_args(["in.wav"])
+    assert notes.adjust_settings(args) == notes.AdjustSettings()

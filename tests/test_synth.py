@@ -645,3 +645,22 @@ def test_overlap_add_equals_a_plain_loop(W, hop):
     for f in range(9):
         want[:, f * hop: f * hop + W] += frames[:, f]
     torch.testing.assert_close(synth.overlap_add(frames, hop), want)
+
+
+def test_audio_rate_bank_against_analytic_chirp():
+    """One partial, constant amplitude, f0 gliding linearly 200 -> 300 Hz: the readable bank must follow
+    sin(2 pi (f_a t + rate t^2 / 2)) during the glide (phase = integral of the frequency)."""
+    n_frames = 50
+    f0 = torch.linspace(200.0, 300.0, n_frames, dtype=torch.float64)[None, :, None]
+    y = synth.harmonic_bank_audio_rate(torch.ones(1, n_frames, 1, dtype=torch.float64), f0,
+                                       torch.ones(1, dtype=torch.float64), SR, HOP)
+    glide = (n_frames - 1) * HOP
+    t = np.arange(glide) / SR
+    expected = np.sin(2 * np.pi * (200.0 * t + 100.0 / (glide / SR) * t * t / 2))
+    np.testing.assert_allclose(y[0, :glide].numpy(), expected, atol=1e-9)
+
+
+def test_upsample_linear_holds_last_frame():
+    x = torch.tensor([[[0.0], [1.0], [3.0]]])  # [1, 3, 1]
+    y = synth.upsample_linear(x, 4)[0, :, 0]
+    np.testing.assert_allclose(y.numpy(), [0, .25, .5, .75, 1, 1.5, 2, 2.5, 3, 3, 3, 3])

@@ -8,31 +8,22 @@ Frame-rate controls in, audio out. Conventions used throughout:
   linearly, so amplitudes and frequency glide smoothly (no steps, no clicks). After the last frame the
   last value is held.
 
-Speed and memory (see bench.py): the straightforward formulation upsamples every partial's frequency
-and amplitude to audio rate, integrates phase with a `[B, T, K]` cumsum and keeps several such tensors
-for autograd (~2 GB at batch 16 x 4 s x 100 partials). Here the fundamental's phase is integrated
-exactly at *frame* rate (float64, `[B, F, 1]`; partial k's phase is its ratio times that), and inside a
-frame the phase is the closed-form quadratic of a linear frequency glide. Frames are therefore
-independent, which lets `_HarmonicBank`
-
-* skip partials that are muted above Nyquist, frame by frame (low notes need many partials, high notes
-  few);
-* on CPU, render in one fused compiled pass (numba) that keeps phase, sine and sum in registers;
-* elsewhere and in backward, work in chunks that stay in cache and recompute sines in backward instead
-  of storing them, so no `[B, T, K]` tensor is ever kept.
-
-The result is identical (to float32 rounding) to summing every partial at audio rate.
+This file holds the readable definitions. `harmonic_bank_audio_rate` is the harmonic bank as a spec:
+upsample to audio rate, integrate phase, sum sines. It keeps several `[B, T, K]` tensors (several GB at
+batch 16 x 4 s x 100 partials), so `HarmonicSynthesizer` renders with `fastbank.harmonic_bank` by default,
+which computes the same sum frame by frame without ever storing `[B, T, K]` (tests compare the two, values
+and gradients).
 """
 from __future__ import annotations
 
 import math
 
-import numba
-import numpy as np
 import scipy.fft
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+
+import fastbank
 
 TWO_PI = 2.0 * math.pi
 
@@ -112,8 +103,7 @@ def fundamental_frequency(f0_hz: torch.Tensor, sample_rate: float):
 
 
 def wrap_phase(x: torch.Tensor) -> torch.Tensor:
-    """Phase wrapped to [0, 2pi) (rad): x - 2pi floor(x / 2pi); gradient 1. (3.5x faster than
-    torch.remainder in float64.)"""
+    """Phase wrapped to [0, 2pi) (rad): x - 2pi floor(x / 2pi); gradient 1."""
     return x - TWO_PI * torch.floor(x * (1.0 / TWO_PI))
 
 
@@ -144,241 +134,35 @@ def frame_phases(omega: torch.Tensor, domega: torch.Tensor, ratios: torch.Tensor
     return wrap_phase(theta0), wrap_phase(final)
 
 
-def _numpy_inplace(ufunc, x: torch.Tensor) -> bool:
-    """Apply numpy `ufunc` (np.sin / np.cos) to a CPU float tensor in place; False if not applicable.
-
-    numpy's SIMD sine is 2.3x faster than torch.sin on AVX-512 at the same accuracy (<= 1 ulp against
-    float64). (Splitting it over two threads gained nothing measurable in a training step.)"""
-    if x.device.type != "cpu" or x.dtype not in (torch.float32, torch.float64) or not x.is_contiguous():
-        return False
-    a = x.numpy()
-    ufunc(a, out=a)
-    return True
+def upsample_linear(x: torch.Tensor, hop: int) -> torch.Tensor:
+    """Frame rate to audio rate: [B, F, C] -> [B, F*hop, C]. Frame f's value sits at sample f*hop, values
+    in between are linear, and the last frame is held for its `hop` samples."""
+    B, Fr, C = x.shape
+    t = torch.arange(hop, device=x.device, dtype=x.dtype)[:, None] / hop  # [hop, 1]
+    y = x[:, :, None] + (next_frame(x) - x)[:, :, None] * t  # [B, F, hop, C]
+    return y.reshape(B, Fr * hop, C)
 
 
-def _sin_(x: torch.Tensor) -> torch.Tensor:
-    """In-place sine (numpy's on CPU, see `_numpy_inplace`; torch's elsewhere). x must not require grad."""
-    return x if _numpy_inplace(np.sin, x) else x.sin_()
+def harmonic_bank_audio_rate(amplitudes: torch.Tensor, f0_hz: torch.Tensor, ratios: torch.Tensor,
+                             sample_rate: float, hop: int, initial_phase: torch.Tensor | None = None):
+    """The harmonic bank, as a spec: every partial's sine summed at audio rate.
 
-
-def _cos_(x: torch.Tensor) -> torch.Tensor:
-    """In-place cosine; see `_sin_`."""
-    return x if _numpy_inplace(np.cos, x) else x.cos_()
-
-
-# --------------------------------------------------------------------------------------------------
-# Fused CPU kernel for the bank's forward (numba, compiled on first use and cached on disk)
-# --------------------------------------------------------------------------------------------------
-# sin(x) in float32 without a library call, so LLVM vectorises the whole loop: x = q*pi + r with
-# q = rint(x/pi) and r in [-pi/2, pi/2] (Cody-Waite: pi split into three float32 parts; q*_PI_A is exact
-# for |q| < 2^15 since _PI_A has 8 significant bits), sin(r) by its Taylor series to r^13 (truncation
-# < 1e-9 on [-pi/2, pi/2]), sign (-1)^q. Max error 1.1e-7 against float64 (np.sin in float32: 7e-8).
-_PI_A = np.float32(3.140625)
-_PI_B = np.float32(math.pi - 3.140625)
-_PI_C = np.float32(math.pi - 3.140625 - float(_PI_B))
-_INV_PI = np.float32(1.0 / math.pi)
-_S3, _S5, _S7, _S9, _S11, _S13 = (np.float32((-1) ** j / math.factorial(2 * j + 1)) for j in range(1, 7))
-KERNEL_MAX_HOP = 8192  # |phase| < 2pi + 1.5 pi hop (omega, |domega| < pi): |q| < 2^14, inside 2^15
-
-
-def _jit(**options):
-    """`numba.njit(**options)` with the machine code cached on disk (in `__pycache__` next to this file, else
-    numba's user cache folder); where neither is writable (a read-only install), numba refuses to cache and
-    the function is compiled once per process instead."""
-    def wrap(fn):
-        try:
-            return numba.njit(cache=True, **options)(fn)
-        except RuntimeError:  # "cannot cache function ...: no locator available"
-            return numba.njit(**options)(fn)
-    return wrap
-
-
-@_jit(fastmath={"contract"})
-def _bank_kernel(theta0, omega, domega, amp0, amp1, n_partials, y):  # pragma: no cover (compiled)
-    """y[m, n] = sum_{k < n_partials[m]} a[m, k, n] sin(theta[m, k, n]) (see `_HarmonicBank`), float32.
-
-    theta0, omega, domega, amp0, amp1: [M, K] float32; n_partials: [M] int64; y: [M, hop] float32 (out).
-    Phases must stay below 2^15 pi in magnitude (true for theta0 in [0, 2pi), |omega|, |domega| < pi and
-    hop <= KERNEL_MAX_HOP; far larger ones overflow the range reduction). NaN or inf in gives NaN out.
-    Per sample: 2 FMAs of phase, ~12 of sine, 2 of amplitude ramp and accumulation, all in registers.
+    Amplitudes and f0 are upsampled linearly (`upsample_linear`); the fundamental's phase is the running
+    integral of its angular frequency (trapezoid rule over samples: exact for a linear glide), in float64
+    (float32 drifts); partial k's phase is `ratios[k]` times it, plus its initial phase.
+    Args:
+        amplitudes: [B, F, K] linear (`harmonic_amplitudes`). f0_hz: [B, F, 1] Hz. ratios: [K].
+        initial_phase: [B, K] rad at sample 0, or None (zeros).
+    Returns:
+        audio [B, F*hop] = sum_k a_k(n) sin(phase_k(n)). Keeps several [B, T, K] tensors for autograd.
     """
-    hop = y.shape[1]
-    inv_hop = np.float32(1.0) / np.float32(hop)
-    half_inv_hop = np.float32(0.5) * inv_hop
-    acc = np.empty(hop, np.float32)
-    for m in range(theta0.shape[0]):
-        acc[:] = 0
-        for k in range(n_partials[m]):
-            a, b, c = theta0[m, k], omega[m, k], domega[m, k] * half_inv_hop
-            a0 = amp0[m, k]
-            da = (amp1[m, k] - a0) * inv_hop
-            for n in range(hop):
-                x = np.float32(n)
-                th = a + x * (b + x * c)
-                q = np.float32(np.rint(th * _INV_PI))
-                r = ((th - q * _PI_A) - q * _PI_B) - q * _PI_C
-                r2 = r * r
-                p = ((((_S13 * r2 + _S11) * r2 + _S9) * r2 + _S7) * r2 + _S5) * r2 + _S3
-                s = (r + r * r2 * p) * np.float32(1 - 2 * (np.int32(q) & 1))
-                acc[n] += (a0 + da * x) * s
-        y[m, :] = acc
-    return y
-
-
-def _use_kernel(inputs, hop: int) -> bool:
-    """The numba kernel renders CPU banks whose five inputs are all float32; anything else (CUDA, float64,
-    bfloat16, mixed) takes the torch path."""
-    return all(t.device.type == "cpu" and t.dtype == torch.float32 for t in inputs) and hop <= KERNEL_MAX_HOP
-
-
-def _last_live(amp0: torch.Tensor, amp1: torch.Tensor) -> np.ndarray:
-    """[M] int64: 1-based index of each frame's last partial with a non-zero amplitude (0 = silent).
-    (numpy for CPU float32/float64: 8x faster than torch's boolean ops at this size.)"""
-    K = amp0.shape[1]
-    if all(t.device.type == "cpu" and t.dtype in (torch.float32, torch.float64) for t in (amp0, amp1)):
-        live = (amp0.detach().resolve_neg().numpy() != 0) | (amp1.detach().resolve_neg().numpy() != 0)
-        return np.where(live.any(1), K - np.argmax(live[:, ::-1], axis=1), 0).astype(np.int64)
-    live = (amp0 != 0) | (amp1 != 0)
-    return (live * torch.arange(1, K + 1, device=amp0.device)).amax(dim=1).cpu().numpy()
-
-
-class _HarmonicBank(torch.autograd.Function):
-    """Sum of partials with quadratic phase and linear amplitude inside each frame.
-
-    For frame m and sample n in [0, hop):
-        theta[m, k, n] = theta0[m, k] + omega[m, k] * n + domega[m, k] * n^2/(2 hop)
-        a[m, k, n]     = amp0[m, k] * (1 - n/hop) + amp1[m, k] * n/hop
-        y[m, n]        = sum_k a[m, k, n] * sin(theta[m, k, n])
-    Inputs are [M, K] (frames flattened); output [M, hop]. Frame m only uses its first partials up to
-    its last live one (the others have zero amplitude).
-
-    * Forward on CPU in float32: `_bank_kernel`, one fused pass (phase, sine, ramp and sum in registers,
-      nothing of size [M, K, hop] in memory); 2.4x faster than the torch path below.
-    * Everywhere else, and for backward: the partial counts are rounded up to a multiple of `WIDTH` and
-      frames are sorted by them, so chunks are runs of frames that need the same number of partials.
-      Per chunk: one matmul makes the phases `[m, k, hop]` (partial-major, so each partial's samples
-      are contiguous), one in-place sine, one batched matmul with the two amplitude ramps.
-    Backward recomputes the sines/cosines chunk by chunk: nothing of size [M, K, hop] is stored.
-    Partials past the count a frame is rendered with (its last live partial, rounded up to `WIDTH` in the
-    torch path) have exact-zero amplitudes and are treated as structural zeros: their gradient is returned
-    as 0 (right for the synthesizer, where they come from the Nyquist mask).
-    """
-
-    CHUNK_ELEMENTS = 1 << 20  # phases per chunk (4 MB float32), reused buffer: fewest passes measured
-    WIDTH = 8  # partial counts are rounded up to a multiple of this (fewer, larger chunks)
-
-    @staticmethod
-    def _needed(amp0: torch.Tensor, amp1: torch.Tensor) -> np.ndarray:
-        """[M] partials each frame needs: its last live partial (0 = silent frame) rounded up to a
-        multiple of WIDTH, at most K."""
-        width, K = _HarmonicBank.WIDTH, amp0.shape[1]
-        return np.minimum(-(-_last_live(amp0, amp1) // width) * width, K)
-
-    @staticmethod
-    def _plan(amp0: torch.Tensor, amp1: torch.Tensor, hop: int):
-        """Frames in the order they are rendered and the chunks they are rendered in.
-
-        Returns (order [M'] int64 tensor of the non-silent frames sorted by the partials they need,
-        chunks: list of (start, end, size) = positions in `order` and partial count, each chunk at most
-        CHUNK_ELEMENTS phases)."""
-        need = _HarmonicBank._needed(amp0, amp1)
-        order = np.argsort(need, kind="stable")
-        order = order[need[order] > 0]
-        need = need[order]
-        starts = np.flatnonzero(np.diff(need, prepend=-1))
-        chunks = []
-        for start, end in zip(starts, list(starts[1:]) + [len(order)]):
-            size = int(need[start])
-            step = max(1, _HarmonicBank.CHUNK_ELEMENTS // (hop * size))
-            chunks += [(s, min(s + step, int(end)), size) for s in range(int(start), int(end), step)]
-        return torch.from_numpy(order).to(amp0.device), chunks
-
-    @staticmethod
-    def _rows(inputs, rows: torch.Tensor, size: int) -> torch.Tensor:
-        """[m, 5, size] table of the five inputs (theta0, omega, domega, amp0, amp1) at frames `rows`,
-        first `size` partials."""
-        return torch.stack([t[rows, :size] for t in inputs], dim=1)
-
-    @staticmethod
-    def _phases(out, table, basis_t):
-        """Phases [m, k, hop] written into `out`: (theta0, omega, domega) of a [m, 5, k] table times the
-        [3, hop] basis (1, n, n^2/2hop), as one matmul."""
-        return torch.matmul(table[:, 0:3].transpose(1, 2), basis_t, out=out)
-
-    @staticmethod
-    def _basis(hop: int, like: torch.Tensor):
-        n = torch.arange(hop, device=like.device, dtype=like.dtype)
-        basis_t = torch.stack([torch.ones_like(n), n, n * n / (2 * hop)], dim=0)  # [3, hop]
-        ramp = torch.stack([1 - n / hop, n / hop], dim=0)  # [2, hop]
-        return basis_t, ramp
-
-    @staticmethod
-    def _workspace(chunks, hop: int, like: torch.Tensor) -> torch.Tensor:
-        n = max(((e - s) * size * hop for s, e, size in chunks), default=0)
-        return like.new_empty(n)
-
-    @staticmethod
-    def forward(ctx, theta0, omega, domega, amp0, amp1, hop: int):
-        inputs = (theta0, omega, domega, amp0, amp1)
-        ctx.save_for_backward(*inputs)
-        ctx.hop = hop
-        M, K = theta0.shape
-        if _use_kernel(inputs, hop):
-            y = theta0.new_empty(M, hop)
-            _bank_kernel(*(t.detach().contiguous().numpy() for t in inputs), _last_live(amp0, amp1), y.numpy())
-            return y
-        basis_t, ramp = _HarmonicBank._basis(hop, theta0)
-        order, chunks = _HarmonicBank._plan(amp0, amp1, hop)
-        y = theta0.new_zeros(M, hop)
-        work = _HarmonicBank._workspace(chunks, hop, theta0)
-        for s, e, size in chunks:
-            rows = order[s:e]
-            table = _HarmonicBank._rows(inputs, rows, size)
-            th = work[: (e - s) * size * hop].view(e - s, size, hop)
-            _HarmonicBank._phases(th, table, basis_t)
-            _sin_(th)
-            r = torch.bmm(table[:, 3:5], th)  # [m, 2, hop]
-            y[rows] = r[:, 0] * ramp[0] + r[:, 1] * ramp[1]
-        return y
-
-    @staticmethod
-    def backward(ctx, grad_y):
-        inputs = ctx.saved_tensors
-        hop, wanted = ctx.hop, ctx.needs_input_grad[:5]
-        need_phase, need_amp = any(wanted[:3]), any(wanted[3:])
-        grads = [torch.zeros_like(t) if w else None for t, w in zip(inputs, wanted)]
-        basis_t, ramp = _HarmonicBank._basis(hop, inputs[0])
-        order, chunks = _HarmonicBank._plan(inputs[3], inputs[4], hop)
-        grad_y = grad_y.contiguous()
-        work = _HarmonicBank._workspace(chunks, hop, inputs[0])
-        work_sin = _HarmonicBank._workspace(chunks, hop, inputs[0]) if (need_amp and need_phase) else None
-        for s, e, size in chunks:
-            m, rows = e - s, order[s:e]
-            table = _HarmonicBank._rows(inputs, rows, size)
-            th = work[: m * size * hop].view(m, size, hop)
-            _HarmonicBank._phases(th, table, basis_t)
-            gw = grad_y[rows][:, None, :] * ramp  # [m, 2, hop]: gradient split by the two amplitude ramps
-            per_input = [None] * 5
-            if need_amp:
-                sn = th if not need_phase else work_sin[: m * size * hop].view(m, size, hop).copy_(th)
-                per_input[3:5] = torch.bmm(gw, _sin_(sn).transpose(1, 2)).unbind(1)  # [m, 2, k]
-            if need_phase:
-                # weights ramp_r(n) * basis_p(n) for r in {0, 1}, p in {1, n, n2/2hop}: [m, 6, hop]
-                gwb = (gw[:, :, None, :] * basis_t[None, None]).reshape(m, 6, hop)
-                r = torch.bmm(gwb, _cos_(th).transpose(1, 2)).view(m, 2, 3, size)  # [m, 2, 3, k]
-                per_input[0:3] = (table[:, 3:5, None] * r).sum(1).unbind(1)  # [m, 3, k]
-            for g, part in zip(grads, per_input):
-                if g is not None:
-                    g[rows, :size] = part
-        return (*grads, None)
-
-
-def harmonic_bank(theta0, omega, domega, amp0, amp1, hop: int) -> torch.Tensor:
-    """Render partials frame by frame (see `_HarmonicBank`). All inputs [B, F, K]; returns [B, F*hop]."""
-    B, Fr, K = theta0.shape
-    flat = [t.reshape(B * Fr, K).contiguous() for t in (theta0, omega, domega, amp0, amp1)]
-    y = _HarmonicBank.apply(*flat, hop)
-    return y.reshape(B, Fr * hop)
+    omega = upsample_linear((TWO_PI / sample_rate) * f0_hz.double(), hop)  # [B, T, 1] rad/sample
+    phase = torch.cumsum(omega, dim=1) - 0.5 * (omega + omega[:, :1])  # integral from sample 0
+    phase = phase * ratios.double()  # [B, T, K]
+    if initial_phase is not None:
+        phase = phase + initial_phase.double()[:, None]
+    amps = upsample_linear(amplitudes, hop)
+    return (amps * torch.sin(wrap_phase(phase).to(amps.dtype))).sum(-1)
 
 
 class HarmonicSynthesizer(nn.Module):
@@ -386,13 +170,15 @@ class HarmonicSynthesizer(nn.Module):
 
     B (inharmonicity) is a learnable scalar, kept >= 0 by learning log B; it starts near 0
     (`initial_inharmonicity`). Partials that would reach Nyquist are muted and the harmonic
-    distribution is renormalised over the audible ones.
+    distribution is renormalised over the audible ones. `fast` (default) renders with
+    `fastbank.harmonic_bank`; `fast=False` with the readable `harmonic_bank_audio_rate` (same audio,
+    far more memory).
     """
 
     def __init__(self, n_harmonics: int = 100, sample_rate: int = 16000, hop: int = 64,
-                 learn_inharmonicity: bool = True, initial_inharmonicity: float = 1e-6):
+                 learn_inharmonicity: bool = True, initial_inharmonicity: float = 1e-6, fast: bool = True):
         super().__init__()
-        self.n_harmonics, self.sample_rate, self.hop = n_harmonics, sample_rate, hop
+        self.n_harmonics, self.sample_rate, self.hop, self.fast = n_harmonics, sample_rate, hop, fast
         log_b = torch.tensor(math.log(max(initial_inharmonicity, 1e-12)))
         self.log_inharmonicity = nn.Parameter(log_b, requires_grad=learn_inharmonicity)
 
@@ -422,9 +208,12 @@ class HarmonicSynthesizer(nn.Module):
         amps = harmonic_amplitudes(amplitude, distribution, f0_hz, ratios.to(f0_hz.dtype), self.sample_rate)
         omega, domega = fundamental_frequency(f0_hz, self.sample_rate)  # [B, F, 1] float64
         theta0, final_phase = frame_phases(omega, domega, ratios, self.hop, initial_phase)
-        dt, r = amps.dtype, ratios.to(amps.dtype)
-        audio = harmonic_bank(theta0.to(dt), omega.to(dt) * r, domega.to(dt) * r, amps, next_frame(amps),
-                              self.hop)
+        if self.fast:
+            dt, r = amps.dtype, ratios.to(amps.dtype)
+            audio = fastbank.harmonic_bank(theta0.to(dt), omega.to(dt) * r, domega.to(dt) * r, amps,
+                                           next_frame(amps), self.hop)
+        else:
+            audio = harmonic_bank_audio_rate(amps, f0_hz, ratios, self.sample_rate, self.hop, initial_phase)
         return (audio, final_phase) if return_phase else audio
 
 
@@ -438,46 +227,18 @@ def noise_filter_ir(magnitudes: torch.Tensor) -> torch.Tensor:
         samples and tapered with a Hann window centred on that sample (periodic Hann of length L:
         symmetric about L/2), so the filter is exactly linear-phase with a delay of L/2 samples.
     """
-    ir = torch.fft.irfft(magnitudes.to(torch.float32), dim=-1)  # zero-phase, [..., L]
+    ir = torch.fft.irfft(magnitudes, dim=-1)  # zero-phase, [..., L]
     L = ir.shape[-1]
     ir = torch.roll(ir, L // 2, dims=-1)
     window = torch.hann_window(L, periodic=True, device=ir.device, dtype=ir.dtype)
     return ir * window
 
 
-_FILTER_BASES: dict = {}  # (N, n_fft, device, dtype) -> [N, 2 * (n_fft // 2 + 1)], see noise_filter_spectrum
-
-
-def noise_filter_spectrum(magnitudes: torch.Tensor, n_fft: int) -> torch.Tensor:
-    """`rfft(noise_filter_ir(magnitudes), n_fft)`: [..., N] gains -> [..., n_fft//2 + 1] complex.
-
-    The filter design is linear in the magnitudes, so its spectrum is one matmul with the spectra of the N
-    unit-impulse designs (computed once per size): the same numbers (to float rounding) as the inverse FFT,
-    window and forward FFT it replaces, at half the cost.
-    """
-    N = magnitudes.shape[-1]
-    key = (N, n_fft, magnitudes.device, torch.float32)
-    if key not in _FILTER_BASES:
-        eye = torch.eye(N, device=magnitudes.device, dtype=torch.float32)
-        spectra = torch.fft.rfft(noise_filter_ir(eye), n_fft)  # [N, bins] complex
-        _FILTER_BASES[key] = torch.view_as_real(spectra).reshape(N, -1).contiguous()
-    flat = magnitudes.to(torch.float32) @ _FILTER_BASES[key]  # [..., 2 bins]: (re, im) interleaved
-    return torch.view_as_complex(flat.reshape(*flat.shape[:-1], -1, 2))
-
-
 def overlap_add(frames: torch.Tensor, hop: int) -> torch.Tensor:
-    """Overlap-add frames: [B, F, W] -> [B, (F-1)*hop + W].
-
-    Each frame is cut into ceil(W/hop) blocks of `hop` samples; block j of frame f lands on output block
-    f + j, so the whole sum is ceil(W/hop) shifted additions (faster than F.fold's scatter).
-    """
+    """Overlap-add frames: [B, F, W] -> [B, (F-1)*hop + W]; frame f starts at sample f*hop."""
     B, Fr, W = frames.shape
-    k = -(-W // hop)
-    blocks = F.pad(frames, (0, k * hop - W)).reshape(B, Fr, k, hop)
-    out = frames.new_zeros(B, Fr + k - 1, hop)
-    for j in range(k):
-        out[:, j:j + Fr] += blocks[:, :, j]
-    return out.reshape(B, -1)[:, : (Fr - 1) * hop + W]
+    n = (Fr - 1) * hop + W
+    return F.fold(frames.transpose(1, 2), (1, n), kernel_size=(1, W), stride=(1, hop)).reshape(B, n)
 
 
 class FilteredNoiseSynthesizer(nn.Module):
@@ -508,54 +269,25 @@ class FilteredNoiseSynthesizer(nn.Module):
         T = Fr * self.hop
         if white_noise is None:
             white_noise = torch.rand(B, T, device=magnitudes.device, dtype=magnitudes.dtype) * 2 - 1
-        L = 2 * (self.n_bands - 1)  # FIR length (noise_filter_ir)
-        n_fft = fast_fft_size(self.hop + L - 1)  # 192 for hop 64, 65 bands
-        spec = rfft(white_noise.reshape(B, Fr, self.hop), n_fft) * noise_filter_spectrum(magnitudes, n_fft)
-        frames = irfft(spec, n_fft)[..., : self.hop + L - 1]
-        out = overlap_add(frames, self.hop)
+        n = self.hop + 2 * (self.n_bands - 1) - 1  # linear convolution of hop samples with the FIR
+        n_fft = fast_fft_size(n)
+        spectrum = torch.fft.rfft(white_noise.reshape(B, Fr, self.hop), n_fft)
+        spectrum = spectrum * torch.fft.rfft(noise_filter_ir(magnitudes), n_fft)
+        out = overlap_add(torch.fft.irfft(spectrum, n_fft)[..., :n], self.hop)
         return out[:, self.delay: self.delay + T]
 
 
-def _pocketfft_ok(x: torch.Tensor) -> bool:
-    """True when `x` can go through scipy's FFT: CPU, float32/complex64, and no gradient wanted."""
-    return (x.device.type == "cpu" and x.dtype in (torch.float32, torch.complex64)
-            and not (torch.is_grad_enabled() and x.requires_grad))
-
-
-def rfft(x: torch.Tensor, n: int) -> torch.Tensor:
-    """`torch.fft.rfft(x, n)` over the last dim. Without autograd on CPU it runs scipy's pocketfft, which
-    is 2-3x faster than torch's CPU FFT at the lengths used here (80,000: 0.46 vs 0.94 ms); same numbers
-    to float32 rounding."""
-    if not _pocketfft_ok(x):
-        return torch.fft.rfft(x, n)
-    return torch.from_numpy(scipy.fft.rfft(x.detach().numpy(), n, axis=-1, workers=torch.get_num_threads()))
-
-
-def irfft(x: torch.Tensor, n: int) -> torch.Tensor:
-    """`torch.fft.irfft(x, n)` over the last dim; scipy's pocketfft under the same conditions as `rfft`."""
-    if not _pocketfft_ok(x):
-        return torch.fft.irfft(x, n)
-    return torch.from_numpy(scipy.fft.irfft(x.detach().numpy(), n, axis=-1, workers=torch.get_num_threads()))
-
-
 def fast_fft_size(n: int) -> int:
-    """Smallest FFT length >= n whose only prime factors are 2, 3 and 5.
-
-    Such lengths are as fast as powers of two in torch's FFTs and usually much shorter: for the
-    reverb's 64,000 + 16,000 - 1 samples, 80,000 instead of 131,072 (measured 2.8x faster rfft).
-    """
+    """Smallest FFT length >= n whose only prime factors are 2, 3 and 5 (as fast as a power of two in
+    torch's FFTs and usually much shorter: 80,000 instead of 131,072 for the reverb of a 4 s crop)."""
     return scipy.fft.next_fast_len(max(2, n), real=True)
 
 
-def fft_convolve(signal: torch.Tensor, kernel: torch.Tensor, kernel_spectrum=None) -> torch.Tensor:
-    """Full linear convolution via FFT: [B, T] * [L] -> [B, T + L - 1].
-
-    kernel_spectrum: optional callable n_fft -> rfft(kernel, n_fft), to reuse a kernel's transform.
-    """
+def fft_convolve(signal: torch.Tensor, kernel: torch.Tensor) -> torch.Tensor:
+    """Full linear convolution via FFT: [B, T] * [L] -> [B, T + L - 1]."""
     n = signal.shape[-1] + kernel.shape[-1] - 1
     n_fft = fast_fft_size(n)
-    spectrum = kernel_spectrum(n_fft) if kernel_spectrum is not None else torch.fft.rfft(kernel, n_fft)
-    out = irfft(rfft(signal, n_fft) * spectrum, n_fft)
+    out = torch.fft.irfft(torch.fft.rfft(signal, n_fft) * torch.fft.rfft(kernel, n_fft), n_fft)
     return out[..., :n]
 
 
@@ -574,19 +306,6 @@ class Reverb(nn.Module):
         g = torch.Generator().manual_seed(0)
         ir = torch.randn(n, generator=g) * initial_gain * torch.exp(-t / initial_decay_s)
         self.ir = nn.Parameter(ir)
-        self._spectrum_cache = None  # (key, rfft of the wet IR): reused while no gradient is needed
-
-    def _wet_spectrum(self, n_fft: int, dtype: torch.dtype) -> torch.Tensor:
-        """rfft of the wet IR at n_fft points, [n_fft//2 + 1] complex. Without autograd (inference,
-        validation) it is cached until the IR changes (its version counter moves on every optimizer
-        step or load_state_dict): one FFT fewer per call."""
-        if torch.is_grad_enabled() and self.ir.requires_grad:
-            return torch.fft.rfft(self.wet_ir().to(dtype), n_fft)
-        key = (n_fft, dtype, self.ir.device, self.ir.data_ptr(), self.ir._version)
-        if self._spectrum_cache is None or self._spectrum_cache[0] != key:
-            with torch.no_grad():
-                self._spectrum_cache = (key, torch.fft.rfft(self.wet_ir().to(dtype), n_fft))
-        return self._spectrum_cache[1]
 
     def wet_ir(self) -> torch.Tensor:
         """[L] impulse response of the wet path (first sample 0)."""
@@ -598,7 +317,7 @@ class Reverb(nn.Module):
         Returns:
             [B, T] dry + wet (and the new tail [B, L-1] when `return_tail`).
         """
-        wet = fft_convolve(audio, self.wet_ir(), lambda n: self._wet_spectrum(n, audio.dtype))  # [B, T + L - 1]
+        wet = fft_convolve(audio, self.wet_ir().to(audio.dtype))  # [B, T + L - 1]
         T = audio.shape[-1]
         if tail is not None:  # wet is T + L - 1 long, never shorter than the L - 1 tail
             n = tail.shape[-1]

@@ -2,7 +2,7 @@
 
 Checks (each timed; one failing does not stop the others):
   * Python version (3.10+)
-  * packages import, with their versions: torch, torchaudio, torchcrepe, numpy, numba, librosa,
+  * packages import, with their versions: torch, torchaudio, torchcrepe, numpy, librosa,
     soundfile, wandb (a version that differs from requirements.txt is shown with "!", still a pass)
   * device: the one --device picks (CUDA name, or CPU + thread count)
   * the model with the default config builds (parameter count)
@@ -33,7 +33,7 @@ from typing import Callable
 from utils import HelpFormatter, cpu_name, run_main
 
 ROOT = Path(__file__).resolve().parent
-PACKAGES = ("torch", "torchaudio", "torchcrepe", "numpy", "numba", "librosa", "soundfile", "wandb")
+PACKAGES = ("torch", "torchaudio", "torchcrepe", "numpy", "librosa", "soundfile", "wandb")
 MIN_PYTHON = (3, 10)
 SINE_HZ = 440.0
 MAX_CENTS = 50.0

@@ -11,18 +11,18 @@ import math
 
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
 
 import features
 import synth
+from lean_layers import ConcatLinear, LeanGRU
 from utils import UserError, torch_load
 
 MODEL_VERSION = 1
 
 DEFAULT_CONFIG = {
     "version": MODEL_VERSION,
-    "sample_rate": 16000,
-    "hop": 64,
+    "sample_rate": features.SAMPLE_RATE,
+    "hop": features.HOP,
     "n_harmonics": 100,
     "n_noise_bands": 65,
     "decoder": "gru",            # "gru" (DDSP RnnFcDecoder) or "transformer" (local causal attention)
@@ -45,6 +45,8 @@ DEFAULT_CONFIG = {
 }
 STATS_KEYS = ("loudness_mean", "loudness_std", "loudness_quantiles", "mean_midi", "pluck_envelope")  # training-set statistics in the config
 
+STATS_KEYS = ("loudness_mean", "loudness_std", "loudness_quantiles", "mean_midi", "pluck_envelope")  # training-set statistics in the config
+
 ARCHITECTURE_KEYS = ("sample_rate", "hop", "n_harmonics", "n_noise_bands", "decoder", "hidden_size",
                      "mlp_layers", "transformer_layers", "transformer_heads", "attention_window",
                      "reverb", "reverb_seconds")
@@ -62,11 +64,12 @@ def build_config(**overrides) -> dict:
     return cfg
 
 
-def mlp(in_size: int, hidden: int, layers: int) -> nn.Sequential:
-    """`layers` x (Linear -> LayerNorm -> LeakyReLU)."""
+def mlp(in_size: int, hidden: int, layers: int, first=nn.Linear) -> nn.Sequential:
+    """`layers` x (Linear -> LayerNorm -> LeakyReLU); the first Linear is a `first` (e.g. ConcatLinear)."""
     mods = []
     for i in range(layers):
-        mods += [nn.Linear(in_size if i == 0 else hidden, hidden), nn.LayerNorm(hidden), nn.LeakyReLU(inplace=True)]
+        linear = first if i == 0 else nn.Linear
+        mods += [linear(in_size if i == 0 else hidden, hidden), nn.LayerNorm(hidden), nn.LeakyReLU(inplace=True)]
     return nn.Sequential(*mods)
 
 
@@ -77,118 +80,6 @@ def local_causal_mask(n_query: int, n_key: int, window: int, device) -> torch.Te
     k = torch.arange(n_key, device=device)[None, :]
     d = q - k
     return (d >= 0) & (d < window)
-
-
-class _GRURecurrence(torch.autograd.Function):
-    """The recurrent half of `nn.GRU` (PyTorch's equations and gate order r, z, n) with a lean backward.
-
-        r = sigmoid(gi_r + gh_r),  z = sigmoid(gi_z + gh_z),  n = tanh(gi_n + r * gh_n),
-        h_t = (1 - z) * n + z * h_{t-1},  where gh = h_{t-1} W_hh^T + b_hh
-
-    Inputs: gi [B, F, 3H] (= x W_ih^T + b_ih for all frames, computed outside with one matmul), h0 [B, H],
-    w_hh [3H, H], b_hh [3H]. Output: h for every frame [B, F, H].
-    Only gi and the outputs are kept for backward; the gates are recomputed frame by frame there
-    (one extra [B, H] x [H, 3H] matmul per frame). PyTorch's CPU GRU instead keeps every gate of
-    every frame: 343 MB against ~130 MB at batch 16 x 1000 frames x 512, and measured no slower.
-    """
-
-    @staticmethod
-    def _gates(gi_t, h_prev, w_hh, b_hh):
-        H = h_prev.shape[-1]
-        gh = torch.addmm(b_hh, h_prev, w_hh.t())  # [B, 3H]
-        rz = torch.sigmoid(gi_t[:, :2 * H] + gh[:, :2 * H])
-        r, z = rz[:, :H], rz[:, H:]
-        n = torch.tanh(torch.addcmul(gi_t[:, 2 * H:], r, gh[:, 2 * H:]))
-        return gh, r, z, n
-
-    @staticmethod
-    def forward(ctx, gi, h0, w_hh, b_hh):
-        B, Fr, _ = gi.shape
-        hs = gi.new_empty(B, Fr, h0.shape[-1])
-        h = h0
-        for t in range(Fr):
-            _, _, z, n = _GRURecurrence._gates(gi[:, t], h, w_hh, b_hh)
-            h = torch.lerp(n, h, z)  # (1 - z) n + z h
-            hs[:, t] = h
-        ctx.save_for_backward(gi, h0, w_hh, b_hh, hs)
-        return hs
-
-    @staticmethod
-    def backward(ctx, grad_hs):
-        gi, h0, w_hh, b_hh, hs = ctx.saved_tensors
-        B, Fr, H3 = gi.shape
-        H = H3 // 3
-        grad_hs = grad_hs.contiguous()
-        grad_gi = torch.empty_like(gi)  # gradient of the gates' pre-activations (input side)
-        grad_ghn = torch.empty(B, Fr, H, dtype=gi.dtype, device=gi.device)  # of gh_n (= grad of gi_n * r)
-        dh = torch.zeros_like(h0)
-        for t in reversed(range(Fr)):
-            h_prev = hs[:, t - 1] if t > 0 else h0
-            gh, r, z, n = _GRURecurrence._gates(gi[:, t], h_prev, w_hh, b_hh)
-            dh = dh + grad_hs[:, t]
-            dn = dh * (1 - z) * (1 - n * n)  # through h = (1-z) n + z h_prev and tanh
-            dz = dh * (h_prev - n) * z * (1 - z)
-            dr = dn * gh[:, 2 * H:] * r * (1 - r)
-            g = grad_gi[:, t]
-            g[:, :H], g[:, H:2 * H], g[:, 2 * H:] = dr, dz, dn
-            grad_ghn[:, t] = dn * r
-            # d h_prev: direct path (z) + through gh = h_prev W_hh^T (r and z parts share grad_gi's)
-            dh = dh * z + g[:, :2 * H] @ w_hh[:2 * H] + grad_ghn[:, t] @ w_hh[2 * H:]
-        grad_w = torch.zeros_like(w_hh)
-        for b in range(B):  # sum over frames of grad_gh[t]^T h_{t-1}, without a [B, F, H] copy of h_prev
-            prev = hs[b, :-1]
-            grad_w[:2 * H].addmm_(grad_gi[b, 1:, :2 * H].t(), prev)
-            grad_w[2 * H:].addmm_(grad_ghn[b, 1:].t(), prev)
-        grad_w[:2 * H].addmm_(grad_gi[:, 0, :2 * H].t(), h0)
-        grad_w[2 * H:].addmm_(grad_ghn[:, 0].t(), h0)
-        grad_b = torch.cat([grad_gi[..., :2 * H].sum((0, 1)), grad_ghn.sum((0, 1))])
-        return grad_gi, dh, grad_w, grad_b
-
-
-def split_linear(parts, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
-    """`F.linear(torch.cat(parts, -1), weight, bias)` without making the concatenation.
-
-    parts: tensors [..., I_i] with sum(I_i) = weight's in-features; returns [..., O]. Each part meets its
-    own columns of the weight through a chain of `addmm`s, so autograd keeps the parts themselves (which
-    their producers keep anyway) instead of a concatenated copy (62.5 MB for the GRU input at batch
-    16 x 4 s), at the same speed. (Adding in place instead would make backward copy the gradient.)
-    Under autocast it concatenates after all: the chain would round every partial sum to bfloat16, and
-    autocast keeps bfloat16 copies of the parts anyway.
-    """
-    if torch.is_autocast_enabled(parts[0].device.type):
-        return F.linear(torch.cat(parts, dim=-1), weight, bias)
-    lead, out, start = parts[0].shape[:-1], None, 0
-    for part in parts:
-        w = weight[:, start:start + part.shape[-1]].t()
-        flat = part.reshape(-1, part.shape[-1])
-        if out is None:
-            out = flat @ w if bias is None else torch.addmm(bias, flat, w)
-        else:
-            out = torch.addmm(out, flat, w)
-        start += part.shape[-1]
-    if start != weight.shape[1]:
-        raise ValueError(f"parts have {start} features in all, the weight takes {weight.shape[1]}")
-    return out.view(*lead, weight.shape[0])
-
-
-def run_gru(gru: nn.GRU, x, h0: torch.Tensor | None = None):
-    """`gru(x, h0)` for a one-layer batch-first nn.GRU: x [B, F, I] (or a list of parts [B, F, I_i]
-    that make it up when concatenated), h0 [1, B, H] or None -> (y [B, F, H], h [1, B, H]).
-
-    When gradients are needed on CPU (training), the recurrence runs through `_GRURecurrence`, which
-    keeps far less for backward than PyTorch's CPU GRU, and the input projection reads the parts
-    through `split_linear`; elsewhere (inference, CUDA's cuDNN GRU, autocast) it is `gru` itself. Both
-    compute the same equations with the same weights.
-    """
-    parts = [x] if isinstance(x, torch.Tensor) else list(x)
-    lean = (torch.is_grad_enabled() and parts[0].device.type == "cpu" and not torch.is_autocast_enabled("cpu")
-            and (any(p.requires_grad for p in parts) or gru.weight_hh_l0.requires_grad))
-    if not lean:
-        return gru(parts[0] if len(parts) == 1 else torch.cat(parts, dim=-1), h0)
-    gi = split_linear(parts, gru.weight_ih_l0, gru.bias_ih_l0)  # [B, F, 3H]: all frames in one go
-    h_init = gi.new_zeros(gi.shape[0], gru.hidden_size) if h0 is None else h0[0]
-    y = _GRURecurrence.apply(gi, h_init, gru.weight_hh_l0, gru.bias_hh_l0)
-    return y, y[:, -1][None]
 
 
 class TransformerCore(nn.Module):
@@ -239,12 +130,12 @@ class NeuralGuitar(nn.Module):
         self.f0_mlp = mlp(1, H, cfg["mlp_layers"])
         self.loudness_mlp = mlp(1, H, cfg["mlp_layers"])
         if cfg["decoder"] == "gru":
-            self.core = nn.GRU(2 * H, H, batch_first=True)
+            self.core = LeanGRU(2 * H, H)  # nn.GRU(2H, H, batch_first=True), lean in CPU training
         else:
-            self.core_in = nn.Linear(2 * H, H)
+            self.core_in = ConcatLinear(2 * H, H)
             self.core = TransformerCore(H, cfg["transformer_layers"], cfg["transformer_heads"],
                                         cfg["attention_window"])
-        self.out_mlp = mlp(3 * H, H, cfg["mlp_layers"])
+        self.out_mlp = mlp(3 * H, H, cfg["mlp_layers"], first=ConcatLinear)
         self.head = nn.Linear(H, 1 + K + N)
         self.harmonic = synth.HarmonicSynthesizer(K, cfg["sample_rate"], self.hop,
                                                   cfg["learn_inharmonicity"], cfg["initial_inharmonicity"])
@@ -263,26 +154,28 @@ class NeuralGuitar(nn.Module):
         return f0, ld
 
     def decode(self, f0_hz: torch.Tensor, loudness_db: torch.Tensor, state=None):
-        """Controls for every frame.
+        """Controls for every frame, like DDSP's RnnFcDecoder (H = hidden_size, K harmonics, N noise bands):
+
+            f0 [B, F, 1] -> f0_mlp -> [B, F, H];  loudness [B, F, 1] -> loudness_mlp -> [B, F, H]
+            x = the two concatenated [B, F, 2H] -> GRU (or transformer) -> y [B, F, H]
+            [y, x] [B, F, 3H] -> out_mlp -> [B, F, H] -> head -> [B, F, 1 + K + N] -> exp_sigmoid
 
         Args:
-            f0_hz, loudness_db: [B, F]. state: decoder state from a previous chunk (GRU hidden
+            f0_hz, loudness_db: [B, F] Hz, dB. state: decoder state from a previous chunk (GRU hidden
             [1, B, H] or transformer context), or None.
         Returns:
             (controls dict: amplitude [B,F,1], harmonic_distribution [B,F,K], noise_magnitudes [B,F,N];
              new state)
         """
         f0, ld = self.scale_inputs(f0_hz, loudness_db)
-        # x = [f0 features, loudness features] ([B, F, 2H]): the layers that read it (core input, out_mlp's
-        # first Linear, which reads [core output, x]) take its parts through `split_linear`, so CPU float32
-        # training keeps no concatenated copies for backward (62.5 + 94 MB at batch 16 x 4 s).
+        # A list of parts stands for their concatenation: the layers that read one (LeanGRU, ConcatLinear
+        # in core_in and out_mlp) never build it, so CPU training keeps no copy of it (lean_layers.py).
         x = [self.f0_mlp(f0), self.loudness_mlp(ld)]
         if self.config["decoder"] == "gru":
-            y, state = run_gru(self.core, x, state)
+            y, state = self.core(x, state)
         else:
-            y, state = self.core(split_linear(x, self.core_in.weight, self.core_in.bias), state)
-        first = self.out_mlp[0]
-        y = self.head(self.out_mlp[1:](split_linear([y, *x], first.weight, first.bias)))
+            y, state = self.core(self.core_in(x), state)
+        y = self.head(self.out_mlp([y, *x]))
         K = self.config["n_harmonics"]
         controls = {
             "amplitude": synth.exp_sigmoid(y[..., :1]),
@@ -404,9 +297,34 @@ def load_model(path, device="cpu") -> NeuralGuitar:
     if ckpt["config"].get("version", 0) != MODEL_VERSION:
         raise UserError(f"{path}: made by model version {ckpt['config'].get('version')}, this code is "
                         f"version {MODEL_VERSION}; retrain it with train.py")
-    model = NeuralGuitar.from_config(ckpt["config"]).to(device)
-    model.load_state_dict(ckpt["model"])
+    try:
+        model = NeuralGuitar.from_config(ckpt["config"]).to(device)
+    except (ValueError, TypeError) as e:
+        raise UserError(f"{path}: its config does not describe a model ({e}); retrain or re-download it") from None
+    load_weights(model, ckpt["model"], path)
     return model.eval()
+
+
+def load_weights(model: nn.Module, state_dict, path) -> None:
+    """`model.load_state_dict(state_dict)`, with one-line UserErrors naming the file `path` for weights that
+    do not fit the model built from the checkpoint's config (missing, unexpected or differently shaped
+    tensors) and for non-finite weights (NaN or inf in any tensor)."""
+    if not isinstance(state_dict, dict):
+        raise UserError(f"{path}: its 'model' entry is not a state_dict; retrain or re-download it")
+    expected = model.state_dict()
+    shape = lambda v: list(v.shape) if torch.is_tensor(v) else type(v).__name__  # noqa: E731
+    problems = [f"{k} is {shape(state_dict[k])} in the file, {shape(v)} for its config"
+                for k, v in expected.items() if k in state_dict and shape(state_dict[k]) != shape(v)]
+    problems += [f"{k} is missing" for k in expected if k not in state_dict]
+    problems += [f"{k} is not part of the model" for k in state_dict if k not in expected]
+    if problems:
+        more = f" (and {len(problems) - 3} more)" if len(problems) > 3 else ""
+        raise UserError(f"{path}: weights do not match the config stored with them: {'; '.join(problems[:3])}"
+                        f"{more}; retrain or re-download it")
+    for k, v in state_dict.items():
+        if v.is_floating_point() and not torch.isfinite(v).all():
+            raise UserError(f"{path}: weight {k} holds NaN or inf values; retrain or re-download it")
+    model.load_state_dict(state_dict)
 
 
 def export_for_inference(checkpoint_path, out_path, info: dict | None = None) -> dict:

@@ -12,9 +12,12 @@ Default config: batch 16 x 4 s, 100 harmonics, 65 noise bands, GRU 512, 6-scale 
   peak RSS      peak resident set size (VmHWM) of a fresh subprocess that runs three training steps; the
                 baseline is one that only imports torch and builds the model and inputs.
 
-The reference is the same model with the readable harmonic bank (`synth.harmonic_bank_audio_rate`: every
-partial at audio rate, several [B, T, K] tensors) instead of `fastbank`; noise, reverb, decoder and loss are
-shared, and `check_agreement` asserts before timing that both give the same audio, loss and gradients. The
+The reference is the plain DDSP formulation: the decoder at every control frame (`decoder_stride` 1, 250
+steps/s, as DDSP's and acids-ircam/ddsp_pytorch's RnnFcDecoder) and the readable harmonic bank
+(`synth.harmonic_bank_audio_rate`: every partial at audio rate, several [B, T, K] tensors) instead of
+`fastbank`; noise, reverb and loss are the same modules, and `check_agreement` asserts before timing that
+both banks give the same audio, loss and gradients. Ours is the default config (`--decoder_stride`,
+model.DEFAULT_CONFIG) with `fastbank`, its decoder under bfloat16 autocast with `--amp`. The
 preprocessing reference is `torchcrepe.predict` at the control hop (64 samples) with Viterbi decoding, plus
 the same loudness function. Ours and the reference alternate round by round, so load drifts hit both.
 
@@ -115,11 +118,16 @@ def make_test_audio(seconds: float, sample_rate: int = 16000, seed: int = 0) -> 
     return (y / max(1.0, np.abs(y).max())).astype(np.float32)
 
 
-def build(args, device):
-    """Default model (seeded), Adam, the loss, and inputs: (net, opt, loss_fn, f0, loudness, target)."""
-    cfg = model_mod.build_config(hidden_size=args.hidden_size)
+def build(args, device, name: str = "ours"):
+    """Model (seeded), Adam, the loss, and inputs: (net, opt, loss_fn, f0, loudness, target). "ours": the
+    default config (decoder_stride from --decoder_stride) with fastbank; "reference": decoder_stride 1 and
+    the audio-rate bank."""
+    stride = 1 if name == "reference" else args.decoder_stride
+    cfg = model_mod.build_config(hidden_size=args.hidden_size, decoder_stride=stride)
     torch.manual_seed(args.seed)
     net = model_mod.NeuralGuitar(cfg).to(device).train()
+    net.harmonic.fast = name == "ours"
+    net.amp = args.amp and name == "ours"
     opt = torch.optim.Adam(net.parameters(), lr=1e-5)
     n_frames = max(2, int(round(args.seconds * cfg["sample_rate"] / cfg["hop"])))
     f0, loud = make_controls(args.batch_size, n_frames, args.seed)
@@ -178,7 +186,9 @@ def train_step(net, opt, loss_fn, f0, loud, target, clock) -> dict:
     """One optimisation step; returns its phase times in seconds and the total."""
     opt.zero_grad(set_to_none=True)
     t0 = clock()
-    controls, _ = net.decode(f0, loud)
+    with torch.autocast(f0.device.type, dtype=torch.bfloat16, enabled=net.amp):
+        controls, _ = net.decode(f0, loud)
+    controls = {k: v.float() for k, v in controls.items()}
     t1 = clock()
     dry = net.synthesize(controls, f0)["dry"]
     audio = net.reverb(dry) if net.reverb is not None else dry
@@ -235,12 +245,9 @@ def check_agreement(seconds: float = 0.5, hidden_size: int = 32, seed: int = 0) 
 # ==================================================================================================
 
 def bench_train(args, device, clock) -> dict:
-    net, opt, loss_fn, f0, loud, target = build(args, device)
-
-    def step(name):
-        with implementation(net, name):
-            return train_step(net, opt, loss_fn, f0, loud, target, clock)
-    runs = interleaved({name: (lambda name=name: step(name)) for name in IMPLS}, args.warmup, args.steps)
+    built = {name: build(args, device, name) for name in IMPLS}
+    runs = interleaved({name: (lambda b=b: train_step(*b, clock)) for name, b in built.items()},
+                       args.warmup, args.steps)
     out = {}
     for name, rs in runs.items():
         out[name] = summary([r["total"] for r in rs])
@@ -248,17 +255,23 @@ def bench_train(args, device, clock) -> dict:
     return out
 
 
+def render(net, f0, loud):
+    """The full model's audio, the decoder under bfloat16 autocast when `net.amp`."""
+    with torch.autocast(f0.device.type, dtype=torch.bfloat16, enabled=net.amp):
+        return net(f0, loud)["audio"]
+
+
 def bench_inference(args, device, clock) -> dict:
-    """Batch 1, 4 s: the full model, the synthesizer alone (fixed controls), the decoder alone."""
+    """Batch 1, 4 s: the full model, the synthesizer alone (ours' controls), the decoder alone."""
     a = argparse.Namespace(**{**vars(args), "batch_size": 1, "seconds": 4.0})
-    net, _, _, f0, loud, _ = build(a, device)
-    net.eval()
+    nets = {name: build(a, device, name)[0].eval() for name in IMPLS}
+    net, (_, _, _, f0, loud, _) = nets["ours"], build(a, device)
     seconds = f0.shape[1] * net.hop / net.config["sample_rate"]
 
-    def timed(fn, impl="ours"):
+    def timed(fn, bank="ours"):
         def run():  # a round: the median of a few back-to-back calls (warm, as in a rendering loop)
             times = []
-            with implementation(net, impl):
+            with implementation(net, bank):
                 for _ in range(INFERENCE_CALLS):
                     t0 = clock()
                     fn()
@@ -271,11 +284,13 @@ def bench_inference(args, device, clock) -> dict:
         return net.reverb(dry) if net.reverb is not None else dry
     with torch.inference_mode():
         controls, _ = net.decode(f0, loud)
-        runs = interleaved({"ours": timed(lambda: net(f0, loud)),
-                            "reference": timed(lambda: net(f0, loud), "reference"),
+        runs = interleaved({"ours": timed(lambda: render(net, f0, loud)),
+                            "reference": timed(lambda: render(nets["reference"], f0, loud)),
                             "ours_synth": timed(synth_only),
                             "reference_synth": timed(synth_only, "reference"),
-                            "decoder": timed(lambda: net.decode(f0, loud))}, 1, max(3, args.steps))
+                            "ours_decoder": timed(lambda: net.decode(f0, loud)),
+                            "reference_decoder": timed(lambda: nets["reference"].decode(f0, loud))},
+                           1, max(3, args.steps))
     return {"seconds": seconds, **{f"{k}_rtf": seconds / statistics.median(ts) for k, ts in runs.items()}}
 
 
@@ -318,11 +333,10 @@ def peak_rss_mb() -> float:
 def child_main(args) -> int:
     """Runs in a fresh process: build, then (unless "baseline") a few training steps; print peak RSS."""
     device = pick_device(args.device)
-    net, opt, loss_fn, f0, loud, target = build(args, device)
+    built = build(args, device, "reference" if args._child == "reference" else "ours")
     if args._child != "baseline":
-        with implementation(net, args._child):
-            for _ in range(MEMORY_STEPS):  # fragmentation and Adam's state show after the first step
-                train_step(net, opt, loss_fn, f0, loud, target, Clock(device))
+        for _ in range(MEMORY_STEPS):  # fragmentation and Adam's state show after the first step
+            train_step(*built, Clock(device))
     print(CHILD_TAG + json.dumps({"peak_rss_mb": peak_rss_mb()}), flush=True)
     return 0
 
@@ -330,7 +344,8 @@ def child_main(args) -> int:
 def measure_child(args, what: str) -> float:
     cmd = [sys.executable, str(Path(__file__).resolve()), "--_child", what, "--batch_size", str(args.batch_size),
            "--seconds", str(args.seconds), "--hidden_size", str(args.hidden_size), "--device", args.device,
-           "--seed", str(args.seed), "--threads", str(args.threads)]
+           "--seed", str(args.seed), "--threads", str(args.threads), "--decoder_stride", str(args.decoder_stride)]
+    cmd += ["--amp"] if args.amp else []
     proc = subprocess.run(cmd, capture_output=True, text=True, cwd=Path(__file__).resolve().parent)
     for line in proc.stdout.splitlines():
         if line.startswith(CHILD_TAG):
@@ -351,7 +366,8 @@ def print_report(r: dict) -> None:
     m, c = r["machine"], r["config"]
     print(f"\nNeural Guitar bench — {m['cpu']}, {m['threads']} threads, torch {m['torch']}, device {m['device']}")
     print(f"config: batch {c['batch_size']} x {c['seconds']} s, {c['n_harmonics']} harmonics, {c['n_noise_bands']} "
-          f"noise bands, {c['decoder']} {c['hidden_size']}; median of {c['steps']} after {c['warmup']} warm-up; "
+          f"noise bands, {c['decoder']} {c['hidden_size']}, decoder stride {c['decoder_stride']}"
+          f"{' (bf16 autocast)' if c['amp'] else ''} (reference: 1); median of {c['steps']} after {c['warmup']} warm-up; "
           f"load average {r['load_average_start']} -> {r['load_average_end']}")
     print(f"\n{'':30s}{'ours':>11s}{'reference':>11s}  unit")
 
@@ -363,7 +379,7 @@ def print_report(r: dict) -> None:
         row(f"  {p.replace('_', ' ')}", tr["ours"]["phases_s"][p], tr["reference"]["phases_s"][p], "s")
     row("inference 4 s, batch 1", inf["ours_rtf"], inf["reference_rtf"], "x real time")
     row("  synthesizer alone", inf["ours_synth_rtf"], inf["reference_synth_rtf"], "x real time")
-    row("  decoder alone (shared)", inf["decoder_rtf"], inf["decoder_rtf"], "x real time")
+    row("  decoder alone", inf["ours_decoder_rtf"], inf["reference_decoder_rtf"], "x real time")
     for cap in ("tiny", "full") if r.get("preprocess") else ():
         row(f"preprocess CREPE {cap}", r["preprocess"][cap]["ours_rtf"], r["preprocess"][cap]["reference_rtf"],
             "x real time")
@@ -402,6 +418,9 @@ def parse_args(argv):
     parser.add_argument("--steps", type=int, default=2, help="timed repetitions (median reported)")
     parser.add_argument("--warmup", type=int, default=1, help="untimed repetitions first")
     parser.add_argument("--hidden_size", type=int, default=512, help="decoder width (GRU and MLPs)")
+    parser.add_argument("--decoder_stride", type=int, default=model_mod.DEFAULT_CONFIG["decoder_stride"],
+                        help="ours: control frames per decoder step (the reference always uses 1)")
+    parser.add_argument("--amp", action="store_true", help="ours: decoder under bfloat16 autocast")
     parser.add_argument("--device", default="auto", help="auto|cpu|cuda")
     parser.add_argument("--threads", type=int, default=0, help="torch CPU threads (0 = torch's default)")
     parser.add_argument("--preprocess_seconds", type=float, default=5.0,
@@ -445,7 +464,8 @@ def run_bench(args) -> int:
                     "python": platform.python_version()},
         "config": {"batch_size": args.batch_size, "seconds": args.seconds, "n_harmonics": cfg["n_harmonics"],
                    "n_noise_bands": cfg["n_noise_bands"], "decoder": cfg["decoder"],
-                   "hidden_size": cfg["hidden_size"], "steps": args.steps, "warmup": args.warmup},
+                   "hidden_size": cfg["hidden_size"], "decoder_stride": args.decoder_stride, "amp": args.amp,
+                   "steps": args.steps, "warmup": args.warmup},
         "targets": TARGETS, "load_average_start": load_average(),
     }
     sections = [("agreement", check_agreement), ("train_step", lambda: bench_train(args, device, clock)),

@@ -94,7 +94,7 @@ def check_resume_conflicts(ckpt: dict, path: Path, model_flags: dict, train_args
                             f"--{key} {old} to resume it, or --fresh to start a new run")
 
 
-def load_weights(module: torch.nn.Module, state_dict: dict, path: Path, what: str = "model") -> None:
+def load_state(module, state_dict: dict, path: Path, what: str = "optimizer") -> None:
     """`module.load_state_dict(state_dict)`; a mismatch (e.g. a config that does not match the weights)
     becomes a one-line UserError naming `path` and the first mismatch, instead of a traceback."""
     try:

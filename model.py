@@ -36,6 +36,7 @@ DEFAULT_CONFIG = {
     "learn_inharmonicity": True,
     "initial_inharmonicity": 1e-6,
     "noise_bias": -5.0,          # added before exp_sigmoid: noise starts quiet
+    "decoder_stride": 4,         # control frames per decoder step (see NeuralGuitar.decode); 1 = every frame
     # training-set statistics (filled in by train.py from data.py)
     "loudness_mean": -40.0,      # dB
     "loudness_std": 20.0,        # dB
@@ -43,13 +44,10 @@ DEFAULT_CONFIG = {
     "mean_midi": 60.0,           # mean MIDI pitch of voiced frames
     "pluck_envelope": None,      # note loudness after onset by pitch band (data.pluck_envelope_statistic)
 }
+# Keys added after checkpoints already existed: the value that rebuilds those older checkpoints exactly.
+LEGACY_DEFAULTS = {"decoder_stride": 1}
 STATS_KEYS = ("loudness_mean", "loudness_std", "loudness_quantiles", "mean_midi", "pluck_envelope")  # training-set statistics in the config
 
-STATS_KEYS = ("loudness_mean", "loudness_std", "loudness_quantiles", "mean_midi", "pluck_envelope")  # training-set statistics in the config
-
-ARCHITECTURE_KEYS = ("sample_rate", "hop", "n_harmonics", "n_noise_bands", "decoder", "hidden_size",
-                     "mlp_layers", "transformer_layers", "transformer_heads", "attention_window",
-                     "reverb", "reverb_seconds")
 
 
 def build_config(**overrides) -> dict:
@@ -123,12 +121,13 @@ class NeuralGuitar(nn.Module):
 
     def __init__(self, config: dict):
         super().__init__()
-        cfg = build_config(**{k: v for k, v in config.items() if k in DEFAULT_CONFIG})
+        known = {k: v for k, v in config.items() if k in DEFAULT_CONFIG}
+        cfg = build_config(**{**LEGACY_DEFAULTS, **known})
         self.config = cfg
-        H, K, N = cfg["hidden_size"], cfg["n_harmonics"], cfg["n_noise_bands"]
-        self.hop = cfg["hop"]
-        self.f0_mlp = mlp(1, H, cfg["mlp_layers"])
-        self.loudness_mlp = mlp(1, H, cfg["mlp_layers"])
+        H, K, N, S = cfg["hidden_size"], cfg["n_harmonics"], cfg["n_noise_bands"], cfg["decoder_stride"]
+        self.hop, self.stride = cfg["hop"], S
+        self.f0_mlp = mlp(S, H, cfg["mlp_layers"])
+        self.loudness_mlp = mlp(S, H, cfg["mlp_layers"])
         if cfg["decoder"] == "gru":
             self.core = LeanGRU(2 * H, H)  # nn.GRU(2H, H, batch_first=True), lean in CPU training
         else:
@@ -136,7 +135,7 @@ class NeuralGuitar(nn.Module):
             self.core = TransformerCore(H, cfg["transformer_layers"], cfg["transformer_heads"],
                                         cfg["attention_window"])
         self.out_mlp = mlp(3 * H, H, cfg["mlp_layers"], first=ConcatLinear)
-        self.head = nn.Linear(H, 1 + K + N)
+        self.head = nn.Linear(H, S * (1 + K + N))
         self.harmonic = synth.HarmonicSynthesizer(K, cfg["sample_rate"], self.hop,
                                                   cfg["learn_inharmonicity"], cfg["initial_inharmonicity"])
         self.noise = synth.FilteredNoiseSynthesizer(N, self.hop)
@@ -148,17 +147,25 @@ class NeuralGuitar(nn.Module):
 
     # ---- decoder ---------------------------------------------------------------------------
     def scale_inputs(self, f0_hz: torch.Tensor, loudness_db: torch.Tensor):
-        """[B, F] Hz, dB -> two [B, F, 1] network inputs: MIDI/127 and standardised loudness."""
-        f0 = features.hz_to_midi(f0_hz.clamp_min(8.2)).clamp_min(0.0)[..., None] / 127.0  # MIDI/127
-        ld = ((loudness_db - self.config["loudness_mean"]) / self.config["loudness_std"])[..., None]
-        return f0, ld
+        """[B, F] Hz, dB -> two [B, F/S, S] network inputs (S = decoder_stride; F padded up to a multiple of
+        S by repeating the last frame): MIDI/127 and standardised loudness, S frames per decoder step."""
+        f0 = features.hz_to_midi(f0_hz.clamp_min(8.2)).clamp_min(0.0) / 127.0  # MIDI/127
+        ld = (loudness_db - self.config["loudness_mean"]) / self.config["loudness_std"]
+        pad = -f0.shape[1] % self.stride
+        return [torch.cat([x, x[:, -1:].expand(-1, pad)], 1).unflatten(1, (-1, self.stride)) for x in (f0, ld)]
 
     def decode(self, f0_hz: torch.Tensor, loudness_db: torch.Tensor, state=None):
-        """Controls for every frame, like DDSP's RnnFcDecoder (H = hidden_size, K harmonics, N noise bands):
+        """Controls for every frame, like DDSP's RnnFcDecoder (H = hidden_size, K harmonics, N noise bands),
+        one decoder step per S = decoder_stride frames (G = F/S steps):
 
-            f0 [B, F, 1] -> f0_mlp -> [B, F, H];  loudness [B, F, 1] -> loudness_mlp -> [B, F, H]
-            x = the two concatenated [B, F, 2H] -> GRU (or transformer) -> y [B, F, H]
-            [y, x] [B, F, 3H] -> out_mlp -> [B, F, H] -> head -> [B, F, 1 + K + N] -> exp_sigmoid
+            f0 [B, G, S] -> f0_mlp -> [B, G, H];  loudness [B, G, S] -> loudness_mlp -> [B, G, H]
+            x = the two concatenated [B, G, 2H] -> GRU (or transformer) -> y [B, G, H]
+            [y, x] [B, G, 3H] -> out_mlp -> [B, G, H] -> head -> [B, G, S (1 + K + N)] -> [B, F, 1 + K + N]
+            -> exp_sigmoid
+
+        A step reads its S frames stacked and writes controls for each of them, so nothing is interpolated
+        and the synthesizer still gets every frame; the MLPs and the GRU run S times less often (their cost
+        is most of a training step). A frame's controls see the rest of its step: S - 1 frames ahead.
 
         Args:
             f0_hz, loudness_db: [B, F] Hz, dB. state: decoder state from a previous chunk (GRU hidden
@@ -176,6 +183,7 @@ class NeuralGuitar(nn.Module):
         else:
             y, state = self.core(self.core_in(x), state)
         y = self.head(self.out_mlp([y, *x]))
+        y = y.unflatten(2, (self.stride, -1)).flatten(1, 2)[:, :f0_hz.shape[1]]  # [B, F, 1 + K + N]
         K = self.config["n_harmonics"]
         controls = {
             "amplitude": synth.exp_sigmoid(y[..., :1]),
@@ -231,7 +239,7 @@ class NeuralGuitar(nn.Module):
         f0_hz, loudness_db = f0_hz.reshape(1, -1), loudness_db.reshape(1, -1)
         n_total, hop = f0_hz.shape[1], self.hop
         margin = 1 + math.ceil(self.noise.delay / hop)
-        chunk_frames = max(chunk_frames, margin)
+        chunk_frames = -(-max(chunk_frames, margin) // self.stride) * self.stride  # whole decoder steps
         buf: dict[str, torch.Tensor] = {}   # controls + "white" for frames [buf_start, decoded)
         buf_start = decoded = emitted = 0
         dec_state = phase = tail = None

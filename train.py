@@ -66,7 +66,7 @@ from tqdm import tqdm
 
 import model as models
 import wandb_logging
-from checkpoints import (CHECKPOINT_VERSION, capture_rng, check_resume_conflicts, load_checkpoint, load_weights,
+from checkpoints import (CHECKPOINT_VERSION, capture_rng, check_resume_conflicts, load_checkpoint, load_state,
                          move_aside, prune_epoch_checkpoints, remove_stale_temp_files, restore_rng,
                          write_checkpoint)
 from data import NeuralGuitarDataset
@@ -360,8 +360,8 @@ def restore_state(state: TrainState, ckpt: dict) -> None:
     """Load weights, optimizer, schedule, counters, the epoch's running loss and this process's RNG
     states from a training checkpoint (see checkpoint_state)."""
     latest = state.latest
-    load_weights(state.raw_model, ckpt["model"], latest)
-    load_weights(state.optimizer, ckpt["optimizer"], latest, what="optimizer")
+    models.load_weights(state.raw_model, ckpt["model"], latest)  # one line for weights that do not fit
+    load_state(state.optimizer, ckpt["optimizer"], latest)
     state.scheduler.load_state_dict(ckpt["scheduler"])
     if state.scaler is not None and ckpt.get("scaler"):
         state.scaler.load_state_dict(ckpt["scaler"])

@@ -114,10 +114,11 @@ def test_load_model_names_weights_that_do_not_fit_their_config(tmp_path):
         model_mod.load_model(path)
     msg = str(err.value)
     assert "\n" not in msg and msg.startswith(f"{path}: ")
-    assert "head.weight is [38, 32] in the file, [28, 32] for its config" in msg
-    assert "head.bias is [38] in the file, [28] for its config" in msg
+    # the head writes 1 + K + N controls for each of the decoder_stride (4) frames of a step
+    assert "head.weight is [152, 32] in the file, [112, 32] for its config" in msg
+    assert "head.bias is [152] in the file, [112] for its config" in msg
     wide = _save(tmp_path / "w.pth", m.state_dict(), {**m.config, "hidden_size": 16})  # every layer differs
-    with pytest.raises(utils.UserError, match=r"f0_mlp\.0\.weight is \[32, 1\] in the file, \[16, 1\].* more"):
+    with pytest.raises(utils.UserError, match=r"f0_mlp\.0\.weight is \[32, 4\] in the file, \[16, 4\].* more"):
         model_mod.load_model(wide)
     weights = {k: v for k, v in m.state_dict().items() if k != "reverb.ir"}
     with pytest.raises(utils.UserError, match=r"reverb\.ir is missing"):
@@ -138,9 +139,10 @@ def test_load_model_refuses_non_finite_weights(tmp_path, bad):
 
 
 # ------------------------------------------------------------------------------------------------
-@pytest.mark.parametrize("decoder,F,chunk", [("gru", 300, 37), ("transformer", 300, 37), ("gru", 40, 1)])
-def test_render_chunked_equals_forward(decoder, F, chunk):
-    m = small_model(decoder, seed=1, noise_bias=0.0)  # loud noise, so its FIR margins matter
+@pytest.mark.parametrize("decoder,F,chunk,stride", [("gru", 300, 37, 4), ("transformer", 300, 37, 4),
+                                                    ("gru", 300, 37, 1), ("gru", 40, 1, 1), ("gru", 41, 1, 4)])
+def test_render_chunked_equals_forward(decoder, F, chunk, stride):
+    m = small_model(decoder, seed=1, noise_bias=0.0, decoder_stride=stride)  # loud noise: FIR margins matter
     with torch.no_grad():
         m.reverb.ir.mul_(100.0)  # an audible room, so the carried tail matters
     f0, loud = controls(F, seed=2)
@@ -152,8 +154,9 @@ def test_render_chunked_equals_forward(decoder, F, chunk):
     assert chunked.shape == full.shape == (1, F * HOP)
     err = (chunked - full).abs()[0]
     assert err.max() < 1e-5, err.max()
-    # the chunks end where the seams below are checked (chunks are at least the 2-frame margin long)
-    step = max(chunk, 2)
+    # the chunks end where the seams below are checked (chunks are at least the 2-frame margin long and
+    # whole decoder steps)
+    step = -(-max(chunk, 2) // stride) * stride
     assert done == [*range(step, F, step), F]
     # no discontinuity at the seams: the sample-to-sample step there is the same as in the unchunked render
     seams = torch.arange(step, F, step) * HOP
@@ -220,22 +223,25 @@ def test_small_model_learns_a_plucked_string(pluck):
 
 
 @pytest.mark.parametrize("decoder", ["gru", "transformer"])
-def test_decoder_is_causal(decoder):
-    """A change of the input at frame t0 changes the controls from t0 on and none before (the live engine
-    relies on it); the transformer forgets it after layers * (window - 1) = 2 * 7 frames (SMALL)."""
-    m = small_model(decoder)
-    f0, loud = controls(60)
-    t0, louder = 30, loud.clone()
+@pytest.mark.parametrize("stride", [1, 4])
+def test_decoder_is_causal(decoder, stride):
+    """A change of the input at frame t0 changes the controls from the start of t0's decoder step on and none
+    before (the live engine relies on it); the transformer forgets it after layers * (window - 1) = 2 * 7
+    decoder steps (SMALL)."""
+    m = small_model(decoder, decoder_stride=stride)
+    f0, loud = controls(60 * stride)
+    t0, louder = 30 * stride + stride // 2, loud.clone()
     louder[:, t0] += 10.0
     with torch.no_grad():
         a = m.decode(f0, loud)[0]["harmonic_distribution"][0]
         b = m.decode(f0, louder)[0]["harmonic_distribution"][0]
     changed = (a - b).abs().amax(-1) > 1e-6  # [F]: frames whose controls moved
-    assert not changed[:t0].any() and changed[t0]
+    first = t0 - t0 % stride  # the step's first frame
+    assert not changed[:first].any() and changed[first]
     if decoder == "transformer":
-        assert changed[t0:t0 + 15].all() and not changed[t0 + 15:].any()
+        assert changed[first:first + 15 * stride].all() and not changed[first + 15 * stride:].any()
     else:
-        assert changed[t0:t0 + 15].all()  # the GRU carries it on (fading)
+        assert changed[first:first + 15 * stride].all()  # the GRU carries it on (fading)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -339,7 +345,8 @@ def test_decode_equals_the_plain_rnn_fc_decoder(grad):
         a, b = m.scale_inputs(f0, loud)
         x = torch.cat([m.f0_mlp(a), m.loudness_mlp(b)], dim=-1)
         y, _ = gru(x)
-        raw = m.head(out_mlp(torch.cat([y, x], dim=-1)))
+        raw = m.head(out_mlp(torch.cat([y, x], dim=-1)))  # [B, G, S * (1 + K + N)]
+        raw = raw.reshape(raw.shape[0], -1, raw.shape[2] // m.stride)[:, :f0.shape[1]]  # [B, F, 1 + K + N]
         K = m.config["n_harmonics"]
         return {"amplitude": model_mod.synth.exp_sigmoid(raw[..., :1]),
                 "harmonic_distribution": model_mod.synth.exp_sigmoid(raw[..., 1:1 + K]),
@@ -373,3 +380,17 @@ def test_bf16_autocast_runs_the_decoder_in_bf16_and_the_dsp_in_float32():
     assert out["audio"].dtype == torch.float32 and out["harmonic_distribution"].dtype == torch.float32
     rel = (out["harmonic_distribution"] - ref["harmonic_distribution"]).abs().max() / ref["harmonic_distribution"].abs().max()
     assert 0 < rel < 0.05  # bf16 has ~3 significant digits: close, not equal
+
+
+def test_checkpoint_config_without_decoder_stride_rebuilds_the_every_frame_decoder(tmp_path):
+    """Checkpoints written before `decoder_stride` existed hold no such key: they must rebuild with stride 1
+    (one decoder step per frame), as they were trained, not with today's default."""
+    old = small_model(decoder_stride=1)
+    config = {k: v for k, v in old.config.items() if k != "decoder_stride"}
+    path = _save(tmp_path / "old.pth", old.state_dict(), config)
+    loaded = model_mod.load_model(path)
+    assert loaded.stride == 1 and model_mod.DEFAULT_CONFIG["decoder_stride"] != 1
+    f0, loud = controls(50)
+    w = white(50)
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(f0, loud, white_noise=w)["audio"], old(f0, loud, white_noise=w)["audio"])

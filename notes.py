@@ -301,9 +301,11 @@ def _merge_short(bounds: list, min_frames: int) -> list:
 def pitch_changes(midi: np.ndarray, change: float = CHANGE_SEMITONES,
                   min_frames: int = MIN_SEGMENT_FRAMES) -> list:
     """Frames (indices into one note run's [n] MIDI pitch) where a new sung pitch starts: peaks of
-    |`pitch_change_strength`| of at least `change` semitones, pieces shorter than `min_frames` merged, each
-    change moved back to where the (median-smoothed) pitch first left the previous segment's median by
-    PITCH_BACKTRACK_SEMITONES (at most BACKTRACK_FRAMES back): the audible start of a legato step."""
+    |`pitch_change_strength`| of at least `change` semitones; pieces shorter than `min_frames`, or with
+    fewer than `min_frames` frames near their median pitch (a slide, a scoop), merged into the next;
+    each change moved back to where the (median-smoothed) pitch first left the previous piece's median
+    by more than PITCH_BACKTRACK_SEMITONES and more than that piece's own vibrato reached (at most
+    BACKTRACK_FRAMES back): the audible start of a legato step."""
     from scipy.ndimage import median_filter
     from scipy.signal import find_peaks
 
@@ -311,14 +313,25 @@ def pitch_changes(midi: np.ndarray, change: float = CHANGE_SEMITONES,
     strength = np.abs(pitch_change_strength(midi))
     peaks = find_peaks(np.concatenate([[0.0], strength, [0.0]]), height=change, distance=min_frames)[0] - 1
     bounds = _merge_short([0] + [int(p) for p in peaks] + [len(m)], min_frames)
+    bounds = [b for i, b in enumerate(bounds)
+              if i in (0, len(bounds) - 1) or _stable_frames(m[bounds[i - 1]:b]) >= min_frames]
     starts = []
     for prev, b in zip(bounds[:-2], bounds[1:-1]):
         ref = np.median(m[prev:b])
+        body = m[prev:max(prev + 1, b - BACKTRACK_FRAMES)]
+        threshold = max(PITCH_BACKTRACK_SEMITONES, float(np.max(np.abs(body - ref))))   # its vibrato's reach
         s = b
-        while s - 1 > max(prev, b - BACKTRACK_FRAMES) and abs(m[s - 1] - ref) > PITCH_BACKTRACK_SEMITONES:
+        while s - 1 > max(prev, b - BACKTRACK_FRAMES) and abs(m[s - 1] - ref) > threshold:
             s -= 1
         starts.append(s)
     return starts
+
+
+def _stable_frames(midi: np.ndarray) -> int:
+    """Frames of a pitch piece ([n] MIDI) within PITCH_BACKTRACK_SEMITONES of its median: a slide or a
+    scoop has few, a held note (vibrato averaged by the caller's median filter or not) has many."""
+    m = np.asarray(midi, np.float64)
+    return int(np.sum(np.abs(m - np.median(m)) <= PITCH_BACKTRACK_SEMITONES)) if m.size else 0
 
 
 def reattacks(loudness_db: np.ndarray, dip_db: float = DIP_DB, span: int = DIP_SPAN_FRAMES) -> list:

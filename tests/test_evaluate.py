@@ -87,8 +87,10 @@ def test_pairs_mode(ckpt, folders, tmp_path, monkeypatch, capsys):
     assert [r["name"] for r in rep["files"]] == ["a", "b"]              # 'lonely' has no target
     for r in rep["files"]:
         assert r["mss_output_target"] > 0 and r["mss_input_target"] > 0 and r["reduction_pct"] is not None
-        assert r["octave"] == -1
-    assert set(rep["mean"]) == {"mss_output_target", "mss_input_target", "reduction_pct"}
+        assert r["octave"] == 0                      # G3 and C4 sit inside the default guitar range E2..E5
+        assert "onset_f_output" not in r             # no MIDI truth (.json) next to these targets
+    assert {"mss_output_target", "mss_input_target", "reduction_pct", "mss_ratio"} <= set(rep["mean"])
+    assert rep["mean"]["onset_f_output"] is None and list(rep["by_voice"]) == ["voice"]
     assert "Transfer pairs" in stdout and "mean of 2 pairs" in stdout
     # same thing spelled with --input_dir/--target_dir
     code, _, _ = cli(["--checkpoint", ckpt, "--pairs", "--input_dir", folders / "voice", "--target_dir",

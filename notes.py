@@ -386,6 +386,7 @@ DEFAULT_PITCH_RANGE_MIDI = (40.0, 76.0)   # E2..E5: a standard-tuned guitar's op
                                           # of the high E, for checkpoints without `pitch_range_midi`
 PITCH_RANGE_PERCENTILES = (5.0, 95.0)     # the training set's pitch range: these percentiles of voiced f0
 MAX_OCTAVES = 3                           # auto octave tries shifts -3..+3
+RANGE_TOLERANCE_SEMITONES = 0.5           # a note within half a semitone of the range counts as inside
 
 
 def pitch_range(f0_hz: np.ndarray, mask: np.ndarray, percentiles=PITCH_RANGE_PERCENTILES) -> list:
@@ -404,16 +405,17 @@ def config_pitch_range(config: dict) -> tuple[float, float]:
 
 def auto_octave(note_midis, low: float, high: float, max_octaves: int = MAX_OCTAVES) -> int:
     """One octave shift for a whole file: the k in -max_octaves..max_octaves for which the most notes
-    (`note_midis`: [n] MIDI, one per sung note) land inside [low, high]; on a tie the smallest |k| (so a
+    (`note_midis`: [n] MIDI, one per sung note) land inside [low, high] widened by RANGE_TOLERANCE_SEMITONES
+    on each side (a lowest note sung a little flat is still that note); on a tie the smallest |k| (so a
     melody already in range is never moved), then the k that puts the median note nearest the range's
     centre. 0 without notes."""
     m = np.asarray(note_midis, np.float64)
     if m.size == 0:
         return 0
-    centre = 0.5 * (low + high)
+    centre, half = 0.5 * (low + high), 0.5 * (high - low) + RANGE_TOLERANCE_SEMITONES
 
     def key(k):
-        inside = int(np.sum((m + 12 * k >= low) & (m + 12 * k <= high)))
+        inside = int(np.sum(np.abs(m + 12 * k - centre) <= half))
         return (-inside, abs(k), abs(float(np.median(m)) + 12 * k - centre))
 
     return min(range(-max_octaves, max_octaves + 1), key=key)

@@ -52,7 +52,7 @@ import torch
 
 import features
 import notes
-from pipeline import (CHUNK_FRAMES, DEFAULT_CHECKPOINT, ROOT, NonFiniteAudio, finalize_audio, render,
+from pipeline import (CHUNK_FRAMES, DEFAULT_CHECKPOINT, PEAK_DBFS, ROOT, NonFiniteAudio, finalize_audio, render,
                       resolve_checkpoint, transfer_audio)
 from utils import (HelpFormatter, UserError, add_device_arguments, apply_threads, atomic_path, check_output_path,
                    pick_device, run_main)
@@ -151,6 +151,90 @@ def resynthesis_metrics(reference: np.ndarray, output: np.ndarray, f0_ref: np.nd
         "voiced_frames": int(voiced.sum()),
         "note_frames": int(note.sum()),
     }
+
+
+# Onset detector of the output (independent of the transfer's note list): librosa's spectral flux on a
+# 64-band log-mel spectrogram (lag 2 frames, no frequency max-filter), peaks picked on the raw (not
+# normalised) envelope, so steady noise gives no onsets. Tuned once on the guitar targets of the tuning
+# half (FluidR3 and TimGM6mb renderings): see `onset_times`.
+ONSET_HOP = 128               # samples (8 ms)
+ONSET_LAG = 2                 # frames between the compared spectra
+ONSET_N_MELS = 64
+ONSET_DELTA = 1.5             # peak must exceed the local mean envelope by this much (dB-flux units)
+ONSET_WAIT_S = 0.05           # at most one onset per 50 ms
+ONSET_WINDOW_S = 0.05         # mir_eval.onset.f_measure tolerance
+PITCH_TRIM_S = 0.03           # raw pitch accuracy skips this much at each end of a MIDI note
+
+
+def onset_times(audio: np.ndarray, sr: int = features.SAMPLE_RATE) -> np.ndarray:
+    """Onsets of any audio [T] (float, any level), seconds [n]: librosa.onset.onset_detect on the constants
+    above. Used on the transfer output, the voice input and the guitar target alike."""
+    import librosa
+
+    x = np.asarray(audio, np.float32)
+    peak = float(np.max(np.abs(x))) if x.size else 0.0
+    if peak <= 0:
+        return np.zeros(0)
+    x = x * (10.0 ** (PEAK_DBFS / 20.0) / peak)  # same level rule as the transfer output
+    env = librosa.onset.onset_strength(y=x, sr=sr, hop_length=ONSET_HOP, lag=ONSET_LAG, max_size=1,
+                                       n_mels=ONSET_N_MELS, fmax=sr / 2)
+    wait = int(round(ONSET_WAIT_S * sr / ONSET_HOP))
+    return librosa.onset.onset_detect(onset_envelope=env, sr=sr, hop_length=ONSET_HOP, normalize=False,
+                                      delta=ONSET_DELTA, wait=wait, pre_max=3, post_max=3, pre_avg=10,
+                                      post_avg=10, units="time")
+
+
+def onset_f_measure(reference_s: np.ndarray, estimated_s: np.ndarray, window_s: float = ONSET_WINDOW_S) -> float:
+    """mir_eval.onset.f_measure (window `window_s`) of estimated onsets against reference onsets (seconds);
+    0.0 when either list is empty (mir_eval's warning silenced)."""
+    import mir_eval
+
+    ref, est = np.sort(np.asarray(reference_s, np.float64)), np.sort(np.asarray(estimated_s, np.float64))
+    if ref.size == 0 or est.size == 0:
+        return 0.0
+    return float(mir_eval.onset.f_measure(ref, est, window=window_s)[0])
+
+
+def load_truth(target: Path) -> dict | None:
+    """The MIDI truth next to a target (make_soundfont_data.py's `<stem>.json`), or None without one."""
+    path = Path(target).with_suffix(".json")
+    if not path.is_file():
+        return None
+    try:
+        meta = json.loads(path.read_text())
+        meta["notes"] = [dict(onset_s=float(n["onset_s"]), offset_s=float(n["offset_s"]), pitch=float(n["pitch"]))
+                         for n in meta["notes"]]
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        raise UserError(f"{path}: not a make_soundfont_data.py truth file ({e}); remove it or regenerate") from None
+    return meta
+
+
+def truth_f0(truth_notes: list[dict], n_frames: int, trim_s: float = PITCH_TRIM_S) -> np.ndarray:
+    """The MIDI truth as a frame pitch track: [n_frames] Hz at features.FRAME_RATE, the note's pitch inside
+    each note (its first and last `trim_s` left out: the pitch there is by definition between notes), 0
+    elsewhere."""
+    f0 = np.zeros(int(n_frames))
+    for n in truth_notes:
+        a = int(math.ceil((n["onset_s"] + trim_s) * features.FRAME_RATE))
+        b = int(math.floor((n["offset_s"] - trim_s) * features.FRAME_RATE))
+        if b > a:
+            f0[max(a, 0):min(b, n_frames)] = float(features.midi_to_hz(n["pitch"]))
+    return f0
+
+
+def truth_pitch_accuracy(truth_notes: list[dict], f0_hz: np.ndarray) -> float | None:
+    """Raw pitch accuracy (mir_eval, 50 cents) of a pitch track [F] Hz against the MIDI truth's note frames
+    (`truth_f0`); every frame of the track counts as voiced (a silent or noisy frame fails on its pitch)."""
+    ref = truth_f0(truth_notes, len(f0_hz))
+    note = ref > 0
+    return raw_pitch_accuracy(note, np.where(note, ref, 1.0), np.ones(len(f0_hz), bool), np.asarray(f0_hz))
+
+
+def split_half(name: str) -> str:
+    """'tune' or 'test', deterministic by file name: the parity of zlib.crc32 of the name's stem."""
+    import zlib
+
+    return "tune" if zlib.crc32(Path(name).stem.encode()) % 2 == 0 else "test"
 
 
 def _mean(rows: list[dict], key: str) -> float | None:
@@ -254,6 +338,78 @@ def match_pairs(dir_a: Path, dir_b: Path) -> list[tuple[str, Path, Path]]:
     return [(k, a[k], b[k]) for k in common]
 
 
+def voice_label(src: Path) -> str:
+    """The voice of an input: `program NN name` from its make_soundfont_data.py JSON, else its folder name."""
+    meta = Path(src).with_suffix(".json")
+    try:
+        m = json.loads(meta.read_text())
+        return f"program {int(m['program'])} {m.get('program_name', '')}".strip()
+    except (OSError, ValueError, KeyError, TypeError):
+        return Path(src).parent.name
+
+
+def collect_pairs(input_dirs: list[Path], target_dir: Path, half: str = "all") -> list[tuple[str, Path, Path]]:
+    """`match_pairs` of each input folder with the target folder (names prefixed by the input folder's
+    name when there are several), kept when `split_half` of the stem is `half` ('all': every pair)."""
+    pairs = []
+    for d in input_dirs:
+        for name, src, tgt in match_pairs(d, target_dir):
+            if half == "all" or split_half(name) == half:
+                pairs.append((f"{Path(d).name}/{name}" if len(input_dirs) > 1 else name, src, tgt))
+    if not pairs:
+        raise UserError(f"{target_dir}: no pair in the {half} half; use --half all")
+    return pairs
+
+
+def note_metrics(x: np.ndarray, out: np.ndarray, target: np.ndarray, f0_in: np.ndarray, truth: dict,
+                 args, device) -> dict:
+    """Note placement against the MIDI truth: onset F-measure (`onset_times`, `onset_f_measure`) of the
+    output, the voice input and the guitar target, and raw pitch accuracy (`truth_pitch_accuracy`) of the
+    output (CREPE `args.crepe` on it) and of the input (its CREPE f0 [F], as the transfer saw it)."""
+    ref_on = np.array([n["onset_s"] for n in truth["notes"]])
+    f0_out, _ = features.compute_f0(out, args.crepe, device)
+    return {"onset_f_output": onset_f_measure(ref_on, onset_times(out)),
+            "onset_f_input": onset_f_measure(ref_on, onset_times(x)),
+            "onset_f_target": onset_f_measure(ref_on, onset_times(target)),
+            "rpa_output": truth_pitch_accuracy(truth["notes"], f0_out),
+            "rpa_input": truth_pitch_accuracy(truth["notes"], f0_in),
+            "n_notes": len(ref_on)}
+
+
+PAIR_METRICS = ("mss_output_target", "mss_input_target", "onset_f_output", "onset_f_input", "onset_f_target",
+                "rpa_output", "rpa_input")
+
+
+def pair_row(model, name: str, src: Path, tgt: Path, settings, args, device, loss_fn) -> dict:
+    """One pair's row: MSS output->target and input->target (both peak-normalised, cut to the shorter),
+    and with a MIDI truth next to the target, `note_metrics`. Raises UserError for an unusable input."""
+    x = features.load_audio(src)
+    target = features.load_audio(tgt)
+    res = transfer_audio(model, x, str(src), settings, args.crepe, device, args.chunk_frames, args.seed,
+                         progress=False)
+    out = finalize_audio(res["audio"])[0]
+    x_n, t_n = finalize_audio(x)[0], finalize_audio(target)[0]
+    d_out, d_in = mss_distance(out, t_n, loss_fn), mss_distance(x_n, t_n, loss_fn)
+    row = {"name": name, "input": str(src), "target": str(tgt), "voice": voice_label(src),
+           "half": split_half(name), "mss_output_target": d_out, "mss_input_target": d_in,
+           "reduction_pct": _reduction(d_out, d_in), "octave": res["info"]["octave"],
+           "envelope": res["info"]["envelope"]}
+    truth = load_truth(tgt)
+    if truth is not None:
+        row.update(note_metrics(x_n, out, t_n, res["features"]["f0_hz"].numpy(), truth, args, device))
+    return row
+
+
+def summarize(rows: list[dict]) -> dict:
+    """Mean of each PAIR_METRICS over rows (None where no row has it), and the ratio of the mean MSS
+    output->target to the mean MSS input->target."""
+    mean = {k: _mean(rows, k) for k in PAIR_METRICS}
+    mean["reduction_pct"] = _reduction(mean["mss_output_target"], mean["mss_input_target"])
+    mean["mss_ratio"] = (None if not mean["mss_input_target"] else mean["mss_output_target"] / mean["mss_input_target"])
+    mean["n"] = len(rows)
+    return mean
+
+
 def evaluate_pairs(model, pairs, args, device) -> dict:
     import loss
 
@@ -263,10 +419,7 @@ def evaluate_pairs(model, pairs, args, device) -> dict:
     progress = Progress("pairs", [src for _, src, _ in pairs])
     for name, src, tgt in pairs:
         try:
-            x = features.load_audio(src)
-            target = features.load_audio(tgt)
-            res = transfer_audio(model, x, str(src), settings, args.crepe, device, args.chunk_frames, args.seed,
-                                 progress=False)
+            rows.append(pair_row(model, name, src, tgt, settings, args, device, loss_fn))
         except NonFiniteAudio:
             raise
         except UserError as e:
@@ -274,18 +427,12 @@ def evaluate_pairs(model, pairs, args, device) -> dict:
             skipped.append({"name": name, "reason": str(e)})
             progress.step(name, "skipped")
             continue
-        out = finalize_audio(res["audio"])[0]
-        x_n, t_n = finalize_audio(x)[0], finalize_audio(target)[0]
-        d_out, d_in = mss_distance(out, t_n, loss_fn), mss_distance(x_n, t_n, loss_fn)
-        rows.append({"name": name, "input": str(src), "target": str(tgt), "mss_output_target": d_out,
-                     "mss_input_target": d_in, "reduction_pct": _reduction(d_out, d_in),
-                     "octave": res["info"]["octave"], "envelope": res["info"]["envelope"]})
         progress.step(name)
     if not rows:
         raise UserError("no usable pair (see the lines above)")
-    mean = {k: _mean(rows, k) for k in ("mss_output_target", "mss_input_target")}
-    mean["reduction_pct"] = _reduction(mean["mss_output_target"], mean["mss_input_target"])
-    return {"files": rows, "mean": mean, "skipped": skipped}
+    voices = sorted({r["voice"] for r in rows})
+    by_voice = {v: summarize([r for r in rows if r["voice"] == v]) for v in voices}
+    return {"files": rows, "mean": summarize(rows), "by_voice": by_voice, "skipped": skipped}
 
 
 # ------------------------------------------------------------------------------------------------
@@ -316,13 +463,28 @@ def print_resynthesis(res: dict) -> None:
 
 
 def print_pairs(res: dict) -> None:
-    head = f"{'pair':<40} {'MSS out->target':>15} {'MSS in->target':>14} {'gain %':>7}"
-    print("Transfer pairs (MSS distance to the target; lower is better)")
+    head = (f"{'pair':<40} {'MSS out':>8} {'MSS in':>7} {'ratio':>6} {'onF out':>7} {'onF in':>6} {'onF tgt':>7} "
+            f"{'RPA out':>7} {'RPA in':>6}")
+    print("Transfer pairs (MSS to the target guitar, lower is better; onset F-measure (50 ms) and raw pitch "
+          "accuracy (50 cents) against the MIDI truth, higher is better)")
     print(head)
     print("-" * len(head))
-    for r in res["files"] + [dict(name=f"mean of {len(res['files'])} pairs", **res["mean"])]:
-        print(f"{r['name'][-40:]:<40} {_fmt(r['mss_output_target']):>15} {_fmt(r['mss_input_target']):>14} "
-              f"{_fmt(r['reduction_pct'], '.1f'):>7}")
+
+    def line(label, r):
+        ratio = r.get("mss_ratio")
+        if ratio is None and r.get("mss_input_target"):
+            ratio = r["mss_output_target"] / r["mss_input_target"]
+        print(f"{label[-40:]:<40} {_fmt(r['mss_output_target']):>8} {_fmt(r['mss_input_target']):>7} "
+              f"{_fmt(ratio, '.2f'):>6} {_fmt(r.get('onset_f_output'), '.2f'):>7} "
+              f"{_fmt(r.get('onset_f_input'), '.2f'):>6} {_fmt(r.get('onset_f_target'), '.2f'):>7} "
+              f"{_fmt(r.get('rpa_output'), '.3f'):>7} {_fmt(r.get('rpa_input'), '.3f'):>6}")
+
+    for r in res["files"]:
+        line(r["name"], r)
+    print("-" * len(head))
+    for voice, m in res.get("by_voice", {}).items():
+        line(f"mean, {voice} ({m['n']})", m)
+    line(f"mean of {len(res['files'])} pairs", res["mean"])
 
 
 # ------------------------------------------------------------------------------------------------
@@ -335,7 +497,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help=f"model checkpoint; default: the bundled {DEFAULT_CHECKPOINT.relative_to(ROOT)}")
     p.add_argument("--audio_dir", default=None, help="folder of audio files to resynthesise (searched recursively)")
     p.add_argument("--pairs", nargs="*", metavar="DIR", default=None,
-                   help="transfer pairs: INPUT_DIR TARGET_DIR, or no value with --input_dir/--target_dir")
+                   help="transfer pairs: INPUT_DIR [INPUT_DIR ...] TARGET_DIR (the last folder holds the targets; "
+                        "several input folders, e.g. one per voice), or no value with --input_dir/--target_dir")
+    p.add_argument("--half", choices=("all", "tune", "test"), default="all",
+                   help="pairs: only the tuning or the test half (split by file name, evaluate.split_half)")
     p.add_argument("--input_dir", default=None, help="pairs: folder of inputs (e.g. voice)")
     p.add_argument("--target_dir", default=None, help="pairs: folder of targets with the same names (e.g. guitar)")
     p.add_argument("--crepe", choices=("tiny", "full"), default="tiny",
@@ -352,12 +517,13 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def parse_pair_dirs(args) -> list[Path] | None:
-    """The two --pairs folders (from --pairs A B or --input_dir/--target_dir), None without --pairs."""
+    """The --pairs folders, inputs first and the target folder last (from --pairs A [A2 ...] B or
+    --input_dir/--target_dir), None without --pairs."""
     if args.pairs is None:
         if args.input_dir or args.target_dir:
             raise UserError("--input_dir/--target_dir belong to --pairs; add --pairs")
         return None
-    if len(args.pairs) == 2:
+    if len(args.pairs) >= 2:
         return [Path(d) for d in args.pairs]
     if not args.pairs and args.input_dir and args.target_dir:
         return [Path(args.input_dir), Path(args.target_dir)]
@@ -388,7 +554,7 @@ def main(argv=None) -> int:
     files = audio_files(Path(args.audio_dir))[: args.limit] if args.audio_dir is not None else None
     if files is not None and not files:
         raise UserError(f"{args.audio_dir}: no audio files ({', '.join(features.AUDIO_EXTENSIONS)}) found")
-    pairs = match_pairs(*pair_dirs)[: args.limit] if pair_dirs is not None else None
+    pairs = collect_pairs(pair_dirs[:-1], pair_dirs[-1], args.half)[: args.limit] if pair_dirs is not None else None
     device = pick_device(args.device)
     apply_threads(args.threads)
     from model import load_model

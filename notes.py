@@ -184,10 +184,11 @@ def close_dips(loudness_db: np.ndarray, frames: int = CAP_DIP_FRAMES) -> np.ndar
 def pluck_envelope(loudness_db: np.ndarray, note: np.ndarray, f0_hz: np.ndarray, learned: dict | None = None,
                    decay_db_per_s: float = PLUCK_DECAY_DB_PER_S, attack_frames: int = PLUCK_ATTACK_FRAMES,
                    sung_loudness_db: np.ndarray | None = None, dip_frames: int = CAP_DIP_FRAMES,
-                   accent_db: float = ACCENT_DB, accent_tau_frames: float = ACCENT_TAU_FRAMES) -> np.ndarray:
+                   accent_db: float = ACCENT_DB, accent_tau_frames: float = ACCENT_TAU_FRAMES,
+                   segments: list | None = None) -> np.ndarray:
     """Replace each sung note's loudness by a plucked string's. [F] dB -> [F] dB (float64).
 
-    Per note (`note_segments`, frames a..b): onset (k, level) = `note_onset` of `loudness_db`; a note after a
+    Per note (`segments` [(a, b)], e.g. `track_notes`; None: `note_segments`, frames a..b): onset (k, level) = `note_onset` of `loudness_db`; a note after a
     rest starts at `note_start` of `sung_loudness_db` (the unmapped voice; None: at a). The note's onset
     level is moved by one offset per file, so that the median onset level of its notes equals the training
     notes' (`learned["onset_db_median"]`; no offset without it), and from its start the note follows
@@ -218,7 +219,8 @@ def pluck_envelope(loudness_db: np.ndarray, note: np.ndarray, f0_hz: np.ndarray,
     out = x.copy()
     if learned is not None:
         attack_frames = int(learned["attack_frames"])
-    segments = note_segments(note, f0)
+    if segments is None:
+        segments = note_segments(note, f0)
     onsets = [note_onset(x[a:b], attack_frames) for a, b in segments]
     offset = 0.0
     if learned is not None and learned.get("onset_db_median") is not None and onsets:
@@ -239,8 +241,8 @@ def pluck_envelope(loudness_db: np.ndarray, note: np.ndarray, f0_hz: np.ndarray,
     return out
 
 
-def hold_note_pitch(f0_hz: np.ndarray, note: np.ndarray) -> np.ndarray:
-    """Each note (`note_segments`) held at its own pitch (`note_midi`, the median of its frames in MIDI), as a
+def hold_note_pitch(f0_hz: np.ndarray, note: np.ndarray, segments: list | None = None) -> np.ndarray:
+    """Each note (`segments` [(a, b)], e.g. `track_notes`; None: `note_segments`) held at its own pitch (`note_midi`, the median of its frames in MIDI), as a
     fretted string holds it; frames outside notes unchanged. [F] Hz -> [F] Hz (float64).
 
     Why: a sung note wavers (vibrato, scoops, drift) where a fretted guitar note is steady; the segments
@@ -248,19 +250,175 @@ def hold_note_pitch(f0_hz: np.ndarray, note: np.ndarray) -> np.ndarray:
     """
     f0 = np.asarray(f0_hz, np.float64)
     out = f0.copy()
-    for a, b in note_segments(note, f0):
+    for a, b in note_segments(note, f0) if segments is None else segments:
         out[a:b] = features.midi_to_hz(note_midi(f0[a:b]))
     return out
+
+
+# ------------------------------------------------------------------------------------------------
+# Note tracking: one sung note = one pluck
+# ------------------------------------------------------------------------------------------------
+
+TRACK_GAP_FRAMES = 15          # note_tracks: gaps in the note frames up to 60 ms are closed (a sung note's
+                               # periodicity dips on breathy or choral voices), a real rest is longer
+PITCH_SMOOTH_FRAMES = 11       # median filter on the sung pitch (44 ms): CREPE's octave slips and glitches
+VIBRATO_FRAMES = 50            # moving average over 200 ms: one cycle of a 5 Hz vibrato averages out, and a
+                               # pitch step becomes a 200 ms ramp centred on the step
+CHANGE_SEMITONES = 0.6         # a new note where the averaged pitch 100 ms after minus 100 ms before moves this much
+MIN_SEGMENT_FRAMES = 15        # a pitch segment shorter than 60 ms is a slide or a scoop, not a note
+PITCH_BACKTRACK_SEMITONES = 0.3  # a legato note starts where the pitch first left the previous note by this
+BACKTRACK_FRAMES = 20          # ... looking back at most 80 ms from the change
+DIP_DB = 12.0                  # a re-attack on the same pitch: the loudness falls this much and rises again
+DIP_SMOOTH_FRAMES = 5          # loudness smoothing for the dip search (20 ms)
+DIP_SPAN_FRAMES = 40           # ... the fall and the rise within 160 ms on either side of the dip
+
+
+def pitch_change_strength(midi: np.ndarray, window: int = VIBRATO_FRAMES) -> np.ndarray:
+    """How far the sung pitch moves across each frame, semitones [n] (signed): the `window`-frame moving
+    average of the median-smoothed pitch, `window // 2` frames after minus `window // 2` frames before.
+    midi: [n] fractional MIDI of one note run. A step of D semitones gives a peak of D at the step; a
+    vibrato whose period is `window` frames gives ~0; no absolute tuning is assumed (a detuned singer or
+    choir whose notes sit between semitones is tracked as well as one at A440)."""
+    from scipy.ndimage import median_filter, uniform_filter1d
+
+    m = median_filter(np.asarray(midi, np.float64), size=PITCH_SMOOTH_FRAMES, mode="nearest")
+    avg = uniform_filter1d(m, size=window, mode="nearest")
+    h = window // 2
+    padded = np.concatenate([np.full(h, avg[0]), avg, np.full(h, avg[-1])])
+    return padded[2 * h:] - padded[:-2 * h] if h > 0 else np.zeros_like(avg)
+
+
+def _merge_short(bounds: list, min_frames: int) -> list:
+    """Drop boundaries that make a segment shorter than `min_frames` (segments [b_i, b_i+1)); the first
+    and last boundaries (the run's ends) stay. Short pieces join the preceding segment."""
+    out = [bounds[0]]
+    for b in bounds[1:-1]:
+        if b - out[-1] >= min_frames and bounds[-1] - b >= min_frames:
+            out.append(b)
+    return out + [bounds[-1]]
+
+
+def pitch_changes(midi: np.ndarray, change: float = CHANGE_SEMITONES,
+                  min_frames: int = MIN_SEGMENT_FRAMES) -> list:
+    """Frames (indices into one note run's [n] MIDI pitch) where a new sung pitch starts: peaks of
+    |`pitch_change_strength`| of at least `change` semitones; pieces shorter than `min_frames`, or with
+    fewer than `min_frames` frames near their median pitch (a slide, a scoop), merged into the next;
+    each change moved back to where the (median-smoothed) pitch first left the previous piece's median
+    by more than PITCH_BACKTRACK_SEMITONES and more than that piece's own vibrato reached (at most
+    BACKTRACK_FRAMES back): the audible start of a legato step."""
+    from scipy.ndimage import median_filter
+    from scipy.signal import find_peaks
+
+    m = median_filter(np.asarray(midi, np.float64), size=PITCH_SMOOTH_FRAMES, mode="nearest")
+    strength = np.abs(pitch_change_strength(midi))
+    peaks = find_peaks(np.concatenate([[0.0], strength, [0.0]]), height=change, distance=min_frames)[0] - 1
+    bounds = _merge_short([0] + [int(p) for p in peaks] + [len(m)], min_frames)
+    bounds = [b for i, b in enumerate(bounds)
+              if i in (0, len(bounds) - 1) or _stable_frames(m[bounds[i - 1]:b]) >= min_frames]
+    starts = []
+    for prev, b in zip(bounds[:-2], bounds[1:-1]):
+        ref = np.median(m[prev:b])
+        body = m[prev:max(prev + 1, b - BACKTRACK_FRAMES)]
+        threshold = max(PITCH_BACKTRACK_SEMITONES, float(np.max(np.abs(body - ref))))   # its vibrato's reach
+        s = b
+        while s - 1 > max(prev, b - BACKTRACK_FRAMES) and abs(m[s - 1] - ref) > threshold:
+            s -= 1
+        starts.append(s)
+    return starts
+
+
+def _stable_frames(midi: np.ndarray) -> int:
+    """Frames of a pitch piece ([n] MIDI) within PITCH_BACKTRACK_SEMITONES of its median: a slide or a
+    scoop has few, a held note (vibrato averaged by the caller's median filter or not) has many."""
+    m = np.asarray(midi, np.float64)
+    return int(np.sum(np.abs(m - np.median(m)) <= PITCH_BACKTRACK_SEMITONES)) if m.size else 0
+
+
+def reattacks(loudness_db: np.ndarray, dip_db: float = DIP_DB, span: int = DIP_SPAN_FRAMES) -> list:
+    """Frames (indices into one note's [n] loudness, dB) where the loudness has a dip of at least `dip_db`
+    below its maximum within `span` frames before AND within `span` frames after (a re-attack, a breath or
+    a consonant): the dip's minimum, one per dip, at least `span` frames from the note's ends' peaks."""
+    from scipy.ndimage import maximum_filter1d, uniform_filter1d
+
+    x = uniform_filter1d(np.asarray(loudness_db, np.float64), DIP_SMOOTH_FRAMES, mode="nearest")
+    n = x.size
+    out = []
+    for i in range(1, n - 1):
+        if not (x[i] <= x[i - 1] and x[i] < x[i + 1]):
+            continue
+        before = x[max(0, i - span):i].max()
+        after = x[i + 1:min(n, i + 1 + span)].max()
+        if before - x[i] >= dip_db and after - x[i] >= dip_db and (not out or i - out[-1] >= MIN_SEGMENT_FRAMES):
+            out.append(i)
+    return out
+
+
+def track_notes(f0_hz: np.ndarray, periodicity: np.ndarray, loudness_db: np.ndarray,
+                note: np.ndarray | None = None, gap_frames: int = TRACK_GAP_FRAMES) -> list:
+    """The sung notes: [(start, end)] frame ranges (end exclusive), one per sung note = one pluck.
+
+    Note runs are `detect_notes` frames with gaps up to `gap_frames` closed (or `note`, bool [F]); a run
+    is split where the sung pitch moves to a new level (`pitch_changes`: vibrato averages out, scoops and
+    slides shorter than MIN_SEGMENT_FRAMES do not split it) and where the
+    loudness dips and rises again on the same pitch (`reattacks`: a re-attack, a breath, a consonant).
+    f0_hz, periodicity, loudness_db: [F] (Hz, 0..1, dB).
+    """
+    f0 = np.asarray(f0_hz, np.float64)
+    per = np.asarray(periodicity, np.float64)
+    loud = np.asarray(loudness_db, np.float64)
+    if note is None:
+        note = detect_notes(per, loud, max_gap_frames=gap_frames)
+    midi = features.hz_to_midi(np.maximum(f0, 1.0))
+    segments = []
+    for a, b in _runs(note):
+        cuts = {a + c for c in pitch_changes(midi[a:b])}
+        cuts |= {a + c for c in reattacks(loud[a:b])}
+        bounds = _merge_short(sorted({a, b} | cuts), MIN_SEGMENT_FRAMES)
+        segments += list(zip(bounds[:-1], bounds[1:]))
+    return segments
 
 
 # ------------------------------------------------------------------------------------------------
 # Auto-adjust: a voice's frames -> a guitar's (DDSP timbre-transfer style), from a checkpoint's statistics
 # ------------------------------------------------------------------------------------------------
 
-def auto_octave_shift(train_mean_midi: float, input_mean_midi: float) -> int:
-    """Whole octaves that bring the input's mean pitch nearest the training set's:
-    round((train - input) / 12), halves rounded up (toward higher pitch)."""
-    return int(math.floor((train_mean_midi - input_mean_midi) / 12.0 + 0.5))
+DEFAULT_PITCH_RANGE_MIDI = (40.0, 76.0)   # E2..E5: a standard-tuned guitar's open low E to the 12th fret
+                                          # of the high E, for checkpoints without `pitch_range_midi`
+PITCH_RANGE_PERCENTILES = (5.0, 95.0)     # the training set's pitch range: these percentiles of voiced f0
+MAX_OCTAVES = 3                           # auto octave tries shifts -3..+3
+RANGE_TOLERANCE_SEMITONES = 0.5           # a note within half a semitone of the range counts as inside
+
+
+def pitch_range(f0_hz: np.ndarray, mask: np.ndarray, percentiles=PITCH_RANGE_PERCENTILES) -> list:
+    """[low, high] MIDI: the `percentiles` of the pitch of the frames in `mask` ([F] Hz, bool [F]). The
+    training set's range (config `pitch_range_midi`, from its voiced frames) that auto octave aims at."""
+    midi = features.hz_to_midi(np.maximum(np.asarray(f0_hz, np.float64)[np.asarray(mask, bool)], 1.0))
+    return [float(v) for v in np.percentile(midi, percentiles)]
+
+
+def config_pitch_range(config: dict) -> tuple[float, float]:
+    """The instrument's range for auto octave: config `pitch_range_midi` [low, high] (MIDI), or
+    DEFAULT_PITCH_RANGE_MIDI for a checkpoint made before the statistic existed."""
+    r = config.get("pitch_range_midi")
+    return (float(r[0]), float(r[1])) if r is not None and len(r) == 2 else DEFAULT_PITCH_RANGE_MIDI
+
+
+def auto_octave(note_midis, low: float, high: float, max_octaves: int = MAX_OCTAVES) -> int:
+    """One octave shift for a whole file: the k in -max_octaves..max_octaves for which the most notes
+    (`note_midis`: [n] MIDI, one per sung note) land inside [low, high] widened by RANGE_TOLERANCE_SEMITONES
+    on each side (a lowest note sung a little flat is still that note); on a tie the smallest |k| (so a
+    melody already in range is never moved), then the k that puts the median note nearest the range's
+    centre. 0 without notes."""
+    m = np.asarray(note_midis, np.float64)
+    if m.size == 0:
+        return 0
+    centre, half = 0.5 * (low + high), 0.5 * (high - low) + RANGE_TOLERANCE_SEMITONES
+
+    def key(k):
+        inside = int(np.sum(np.abs(m + 12 * k - centre) <= half))
+        return (-inside, abs(k), abs(float(np.median(m)) + 12 * k - centre))
+
+    return min(range(-max_octaves, max_octaves + 1), key=key)
 
 
 def quantile_map(x: np.ndarray, input_quantiles, target_quantiles, max_slope: float | None = None) -> np.ndarray:
@@ -308,7 +466,7 @@ class AdjustSettings:
     """Options of the auto-adjust (`adjust_features`); the defaults are transfer.py's and evaluate.py's
     flag defaults (`add_adjust_arguments`)."""
     auto: bool = True                           # False: no note gating, auto octave or loudness matching
-    octave: int | None = None                   # whole octaves; None: toward the training set's mean pitch
+    octave: int | None = None                   # whole octaves; None: auto_octave into the training set's pitch range
     semitones: float = 0.0                      # extra pitch shift
     loudness_db: float = 0.0                    # offset added to every frame at the end, dB
     note_threshold: float = 0.5                 # CREPE periodicity needed for a note frame
@@ -324,7 +482,9 @@ def adjust_features(f0_hz: np.ndarray, loudness_db: np.ndarray, periodicity: np.
                     settings: AdjustSettings = AdjustSettings()) -> tuple[np.ndarray, np.ndarray, dict]:
     """Auto-adjust input features toward the training set described by `config`.
 
-    Note frames (`detect_notes`); pitch shifted by whole octaves (`auto_octave_shift`, or settings.octave)
+    Note frames (`detect_notes`, gaps up to TRACK_GAP_FRAMES closed) and the sung notes in them
+    (`track_notes`: one pluck each); pitch shifted by whole octaves (`auto_octave` of the notes into the
+    config's `pitch_range_midi`, or settings.octave)
     plus settings.semitones; loudness mapped (`map_loudness`); then each note plucked (`pluck_envelope`)
     and held at its pitch (`hold_note_pitch`) unless settings say "voice". settings.auto False: only the
     explicit octave, semitones and loudness offset.
@@ -342,19 +502,21 @@ def adjust_features(f0_hz: np.ndarray, loudness_db: np.ndarray, periodicity: np.
     """
     f0 = np.asarray(f0_hz, np.float64)
     loud = np.asarray(loudness_db, np.float64)
-    note = detect_notes(periodicity, loud, settings.note_threshold, settings.floor_db)
+    note = detect_notes(periodicity, loud, settings.note_threshold, settings.floor_db, max_gap_frames=TRACK_GAP_FRAMES)
     if not note.any():
         raise UserError(f"no pitched notes found (CREPE periodicity never reaches {settings.note_threshold} "
                         f"for {MIN_NOTE_FRAMES * 4} ms above the loudness floor); give a sung or hummed "
                         f"melody, or lower --note_threshold / --floor_db")
+    segments = track_notes(f0, periodicity, loud, note)
     in_midi = mean_midi(f0, note)
     if settings.octave is not None:
         octave = int(settings.octave)
     else:
-        octave = auto_octave_shift(float(config["mean_midi"]), in_midi) if settings.auto else 0
+        octave = (auto_octave([note_midi(f0[a:b]) for a, b in segments], *config_pitch_range(config))
+                  if settings.auto else 0)
     shift = 12.0 * octave + float(settings.semitones)
     f0_out = f0 * 2.0 ** (shift / 12.0)
-    info = {"note_mask": note, "octave": octave, "semitones": shift, "input_mean_midi": in_midi,
+    info = {"note_mask": note, "segments": segments, "octave": octave, "semitones": shift, "input_mean_midi": in_midi,
             "note_fraction": float(note.mean()), "method": "none",
             "envelope": settings.envelope if settings.auto else "none"}
     if not settings.auto:
@@ -365,11 +527,12 @@ def adjust_features(f0_hz: np.ndarray, loudness_db: np.ndarray, periodicity: np.
             fixed = settings.pluck_decay_db_per_s
             learned = config.get("pluck_envelope") if fixed is None else None
             decay = PLUCK_DECAY_DB_PER_S if fixed is None else float(fixed)
-            loud_out = pluck_envelope(loud_out, note, f0_out, learned, decay, sung_loudness_db=loud)
+            loud_out = pluck_envelope(loud_out, note, f0_out, learned, decay, sung_loudness_db=loud,
+                                      segments=segments)
             info["envelope"] = (f"pluck, learned ({len(learned['curves_db'])} pitch bands)" if learned
                                 else f"pluck, {decay:g} dB/s")
         if settings.pitch == "note":
-            f0_out = hold_note_pitch(f0_out, note)
+            f0_out = hold_note_pitch(f0_out, note, segments)
         info["pitch"] = settings.pitch
         info["input_note_median_db"] = float(np.median(loud[note]))
         info["output_note_median_db"] = float(np.median(loud_out[note]))
@@ -407,7 +570,9 @@ def add_adjust_arguments(p: argparse.ArgumentParser) -> None:
     """The auto-adjust flags (transfer.py, evaluate.py --pairs); their defaults are `AdjustSettings`'."""
     d = AdjustSettings()
     p.add_argument("--octave", default="auto" if d.octave is None else str(d.octave),
-                   help="octave shift: 'auto' (toward the training set's mean pitch) or an integer")
+                   help="octave shift: 'auto' (the one shift for the whole file that puts the most sung notes inside "
+                        "the training set's pitch range, config 'pitch_range_midi', default E2..E5; the "
+                        "smallest such shift, so a melody already in range is not moved) or an integer")
     p.add_argument("--semitones", type=float, default=d.semitones, help="extra pitch shift in semitones")
     p.add_argument("--loudness_db", type=float, default=d.loudness_db,
                    help="loudness offset (dB) applied after the adjust")

@@ -13,10 +13,15 @@ Pipeline, per input:
  2. Auto-adjust (notes.adjust_features) (DDSP timbre-transfer style), from the statistics in the checkpoint's config:
     * note frames: CREPE periodicity (median-smoothed over 7 frames) >= --note_threshold and loudness
       >= a floor (--floor_db, default: 40 dB below the file's 99th-percentile loudness, never below
-      -70 dB); gaps shorter than 20 ms are closed, notes shorter than 48 ms are dropped;
-    * pitch: shifted by whole octaves toward the training set's mean pitch,
-      octave = round((mean_midi_train - mean_midi_input) / 12) over note frames (--octave auto), or
-      --octave N; plus --semitones;
+      -70 dB); gaps shorter than 60 ms are closed, notes shorter than 48 ms are dropped;
+    * sung notes (notes.track_notes): each run of note frames is split where the sung pitch moves to a
+      new level (a 200 ms moving average of the pitch, so vibrato does not split a note, and pieces
+      shorter than 60 ms, i.e. scoops and slides, are merged) and where the loudness dips 12 dB and rises
+      again (a re-attack on the same pitch); one sung note = one pluck;
+    * pitch: one whole-octave shift for the file (--octave auto): the shift in -3..+3 that puts the most
+      sung notes inside the training set's pitch range (config `pitch_range_midi`, the 5th..95th
+      percentile of its voiced f0; E2..E5 for a checkpoint without it), the smallest such shift on a
+      tie, so a melody already in range is not moved; or --octave N; plus --semitones;
     * loudness of note frames: quantile matching, the input's note-frame quantiles (0..100 %) mapped
       piecewise-linearly onto the training set's `loudness_quantiles` (mean/std matching when the
       checkpoint has none). Design note: pure quantile matching stretches a steady hum (a loudness
@@ -29,8 +34,7 @@ Pipeline, per input:
     * pitch (--pitch note, the default): after the shift, each note is held at its own pitch (the median
       of its frames, notes.hold_note_pitch), as a fretted string holds it; --pitch voice keeps the
       singer's vibrato, scoops and drift;
-    * envelope (--envelope pluck, the default): each note (a run of note frames, split where the
-      pitch moves to a new semitone and stays there 32 ms) becomes a plucked note (notes.pluck_envelope):
+    * envelope (--envelope pluck, the default): each sung note becomes a plucked note (notes.pluck_envelope):
       a note after a rest starts where the sung loudness rose to within 20 dB of its onset level (at
       most 100 ms before the periodicity-based start, which is late on a slow sung attack); its onset
       level (its maximum over its first 52 ms) is offset, one offset per file, so that the file's median

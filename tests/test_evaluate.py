@@ -87,8 +87,10 @@ def test_pairs_mode(ckpt, folders, tmp_path, monkeypatch, capsys):
     assert [r["name"] for r in rep["files"]] == ["a", "b"]              # 'lonely' has no target
     for r in rep["files"]:
         assert r["mss_output_target"] > 0 and r["mss_input_target"] > 0 and r["reduction_pct"] is not None
-        assert r["octave"] == -1
-    assert set(rep["mean"]) == {"mss_output_target", "mss_input_target", "reduction_pct"}
+        assert r["octave"] == 0                      # G3 and C4 sit inside the default guitar range E2..E5
+        assert "onset_f_output" not in r             # no MIDI truth (.json) next to these targets
+    assert {"mss_output_target", "mss_input_target", "reduction_pct", "mss_ratio"} <= set(rep["mean"])
+    assert rep["mean"]["onset_f_output"] is None and list(rep["by_voice"]) == ["voice"]
     assert "Transfer pairs" in stdout and "mean of 2 pairs" in stdout
     # same thing spelled with --input_dir/--target_dir
     code, _, _ = cli(["--checkpoint", ckpt, "--pairs", "--input_dir", folders / "voice", "--target_dir",
@@ -215,3 +217,56 @@ def test_threads_default_to_all_cores(ckpt, folders, monkeypatch, capsys):
     cli(["--checkpoint", ckpt, "--audio_dir", folders / "voice"], monkeypatch, capsys)
     cli(["--checkpoint", ckpt, "--audio_dir", folders / "voice", "--threads", "2"], monkeypatch, capsys)
     assert seen == [7, 2]
+
+
+# ---------------------------------------------------------------------------------------------------
+# Note placement against a MIDI truth (evaluate.onset_times / onset_f_measure / truth_pitch_accuracy)
+# ---------------------------------------------------------------------------------------------------
+
+def plucked_melody():
+    """A guitar line of Karplus-Strong plucks (conftest.pluck) with known onsets, each damped over 50 ms
+    after its note-off: audio [T] 16 kHz, notes [{onset_s, offset_s, pitch}] (a repeated A3 included)."""
+    from conftest import pluck as ks_pluck
+
+    notes_ = [(0.25, 0.55, 52), (0.55, 0.95, 55), (1.1, 1.4, 57), (1.4, 1.7, 57), (1.9, 2.5, 60)]
+    y = np.zeros(int(2.8 * SR), np.float32)
+    for i, (on, off, midi) in enumerate(notes_):
+        tone = ks_pluck(440.0 * 2 ** ((midi - 69) / 12), off - on + 0.05, decay=0.996, seed=i)
+        tone[-int(0.05 * SR):] *= np.linspace(1.0, 0.0, int(0.05 * SR))   # damped by the hand, no click
+        a = int(on * SR)
+        y[a:a + tone.size] += tone[: y.size - a]
+    return y, [dict(onset_s=on, offset_s=off, pitch=float(m)) for on, off, m in notes_]
+
+
+def test_onset_metric_is_one_on_the_guitar_itself_and_low_on_noise():
+    from conftest import white_noise
+
+    y, truth = plucked_melody()
+    ref = [n["onset_s"] for n in truth]
+    assert evaluate.onset_f_measure(ref, evaluate.onset_times(y)) == 1.0
+    assert evaluate.onset_f_measure(ref, evaluate.onset_times(white_noise(2.8, amplitude=0.5))) < 0.3
+    assert evaluate.onset_f_measure(ref, evaluate.onset_times(np.zeros(SR, np.float32))) == 0.0
+    # the window is 50 ms: onsets 40 ms late still count, 60 ms late do not
+    assert evaluate.onset_f_measure(ref, np.array(ref) + 0.04) == 1.0
+    assert evaluate.onset_f_measure(ref, np.array(ref) + 0.06) == 0.0
+
+
+def test_pitch_accuracy_against_the_midi_truth():
+    _, truth = plucked_melody()
+    F = int(2.8 * features.FRAME_RATE)
+    exact = evaluate.truth_f0(truth, F, trim_s=0.0)
+    assert evaluate.truth_pitch_accuracy(truth, np.where(exact > 0, exact, 100.0)) == 1.0
+    # 40 cents sharp still counts, 60 cents does not; a frame outside the notes does not matter
+    assert evaluate.truth_pitch_accuracy(truth, np.where(exact > 0, exact * 2 ** (40 / 1200), 1.0)) == 1.0
+    assert evaluate.truth_pitch_accuracy(truth, np.where(exact > 0, exact * 2 ** (60 / 1200), 1.0)) == 0.0
+    # the trim leaves PITCH_TRIM_S out at each note end
+    trimmed = evaluate.truth_f0(truth, F)
+    n0 = int(round((truth[0]["offset_s"] - truth[0]["onset_s"] - 2 * evaluate.PITCH_TRIM_S) * features.FRAME_RATE))
+    assert abs(int((trimmed[: int(0.55 * features.FRAME_RATE)] > 0).sum()) - n0) <= 1
+
+
+def test_split_half_is_deterministic_by_name():
+    names = [f"phrase_s1_{i:04d}" for i in range(40)]
+    halves = [evaluate.split_half(n) for n in names]
+    assert halves == [evaluate.split_half(n + ".wav") for n in names]
+    assert 10 < halves.count("test") < 30

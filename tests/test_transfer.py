@@ -137,21 +137,29 @@ def cli(argv, monkeypatch, capsys):
 # Pure functions
 # ---------------------------------------------------------------------------------------------------
 
-def test_auto_octave_two_octaves_above_training_mean():
-    assert notes.auto_octave_shift(52.0, 76.0) == -2
-    assert notes.auto_octave_shift(52.0, 52.0 - 12.0) == 1
-    assert notes.auto_octave_shift(52.0, 57.0) == 0   # 5 semitones: nearer unshifted
-    assert notes.auto_octave_shift(52.0, 59.0) == -1  # 7 semitones: nearer one octave down
-    # and through adjust_features on an input whose note frames sit at exactly MIDI 76 (E5)
+def test_auto_octave_moves_notes_into_the_instrument_range():
+    """Hand-counted: notes inside [40, 76] per shift; the smallest shift of the best count wins."""
+    assert notes.auto_octave([45, 50, 60, 70], 40, 76) == 0           # already in range: never moved
+    assert notes.auto_octave([76, 77, 79, 81], 40, 76) == -1          # 1 fits at 0, all 4 one octave down
+    assert notes.auto_octave([20, 22, 25, 30], 40, 76) == 2           # sung two octaves low: lifted
+    assert notes.auto_octave([38, 50, 66, 79], 40, 76) == 0           # 2 inside at 0, at -1 and at +1: keeps 0
+    assert notes.auto_octave([], 40, 76) == 0
+    assert notes.config_pitch_range({}) == notes.DEFAULT_PITCH_RANGE_MIDI
+    assert notes.config_pitch_range({"pitch_range_midi": [45.0, 70.0]}) == (45.0, 70.0)
+    # through adjust_features on an input whose note frames sit at MIDI 87 (D#6), range E2..E5 by default
     F = 500
-    f0 = np.full(F, 440.0 * 2 ** (7 / 12), np.float32)
+    f0 = np.full(F, 440.0 * 2 ** (18 / 12), np.float32)
     loud = np.full(F, -20.0, np.float32)
     per = np.full(F, 0.9, np.float32)
     cfg = {"mean_midi": 52.0, "loudness_quantiles": list(np.linspace(-60, -10, 101)),
            "loudness_mean": -30.0, "loudness_std": 10.0}
     f0_out, _, info = notes.adjust_features(f0, loud, per, cfg)
-    assert info["octave"] == -2 and info["semitones"] == -24.0
-    np.testing.assert_allclose(f0_out, f0 / 4, rtol=1e-6)
+    assert info["octave"] == -1 and info["semitones"] == -12.0
+    np.testing.assert_allclose(f0_out, f0 / 2, rtol=1e-6)
+    # a training range that starts at E5 (76) lifts E4 (64) one octave, and D#6 (87) stays
+    f0_e4 = np.full(F, 440.0 * 2 ** (-5 / 12), np.float32)
+    assert notes.adjust_features(f0_e4, loud, per, {**cfg, "pitch_range_midi": [76.0, 90.0]})[2]["octave"] == 1
+    assert notes.adjust_features(f0, loud, per, {**cfg, "pitch_range_midi": [76.0, 90.0]})[2]["octave"] == 0
     f0_out, _, info = notes.adjust_features(f0, loud, per, cfg, notes.AdjustSettings(octave=1, semitones=-3))
     np.testing.assert_allclose(f0_out, f0 * 2 ** (9 / 12), rtol=1e-6)
 
@@ -263,8 +271,8 @@ def test_output_tracks_the_sung_pitch(ckpt, voice_file, tmp_path, monkeypatch, c
     fout, pout = features.compute_f0(y, "tiny")
     cfg = torch.load(ckpt, weights_only=True)["config"]
     note = notes.detect_notes(pin, features.compute_loudness(x))
-    octave = notes.auto_octave_shift(cfg["mean_midi"], notes.mean_midi(fin, note))
-    assert octave == -1   # 220 Hz voice, training mean ~MIDI 46
+    octave = notes.auto_octave([57.0], *notes.config_pitch_range(cfg))
+    assert octave == 0   # 220 Hz voice (A3), inside the guitar range E2..E5: not moved
     voiced = note & (pout >= 0.5)
     assert voiced.sum() > 0.8 * note.sum()
     cents = 1200 * np.abs(np.log2(fout[voiced] / (fin[voiced] * 2.0 ** octave)))

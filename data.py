@@ -165,7 +165,9 @@ def dataset_statistics(files: list, silence_db: float = SILENCE_DB) -> dict:
         dict with the keys model.STATS_KEYS: loudness_mean, loudness_std: float dB over non-silent frames (loudness >= silence_db);
              loudness_quantiles: 101 floats, dB, the 0..100 % quantiles of those frames;
              mean_midi: float, mean MIDI pitch of voiced frames (periodicity >= features.VOICED_THRESHOLD,
-             f0 > 0); pluck_envelope: dict or None, see `pluck_envelope_statistic`.
+             f0 > 0); pitch_range_midi: [low, high] MIDI, the 5th and 95th percentile of those frames'
+             pitch (`notes.pitch_range`, auto octave's target); pluck_envelope: dict or None, see
+             `pluck_envelope_statistic`.
         Plain Python numbers, so the dict can go into a checkpoint config.
     """
     feats = [f if isinstance(f, dict) else load_feature_file(f) for f in files]
@@ -184,11 +186,13 @@ def dataset_statistics(files: list, silence_db: float = SILENCE_DB) -> dict:
                     f"uses all frames with f0 > 0")
         voiced = f0 > 0
     mean_midi = notes.mean_midi(f0, voiced) if voiced.any() else 60.0
+    pitch_range = notes.pitch_range(f0, voiced) if voiced.any() else None
     return {
         "loudness_mean": float(loud.mean()),
         "loudness_std": float(max(loud.std(), 1e-3)),
         "loudness_quantiles": [float(q) for q in notes.loudness_quantiles(loud)],
         "mean_midi": mean_midi,
+        "pitch_range_midi": pitch_range,
         "pluck_envelope": pluck_envelope_statistic(feats),
     }
 

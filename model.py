@@ -42,11 +42,13 @@ DEFAULT_CONFIG = {
     "loudness_std": 20.0,        # dB
     "loudness_quantiles": None,  # 101 values, dB, of non-silent frames
     "mean_midi": 60.0,           # mean MIDI pitch of voiced frames
+    "pitch_range_midi": None,    # [low, high] MIDI: 5th/95th percentile of voiced frames (auto octave's range)
     "pluck_envelope": None,      # note loudness after onset by pitch band (data.pluck_envelope_statistic)
 }
 # Keys added after checkpoints already existed: the value that rebuilds those older checkpoints exactly.
 LEGACY_DEFAULTS = {"decoder_stride": 1}
-STATS_KEYS = ("loudness_mean", "loudness_std", "loudness_quantiles", "mean_midi", "pluck_envelope")  # training-set statistics in the config
+STATS_KEYS = ("loudness_mean", "loudness_std", "loudness_quantiles", "mean_midi", "pitch_range_midi",
+              "pluck_envelope")  # training-set statistics in the config
 
 
 

@@ -57,7 +57,8 @@ Pipeline, per input:
  3. pipeline.render: model.render_chunked (decoder state, oscillator phases and reverb tail carried across chunks;
     memory bounded by --chunk_frames). Noise is drawn once from --seed, so the result does not depend
     on the chunk size.
- 4. Trimmed to the input's length, resampled with soxr if --sample_rate is not 16000, peak-normalised
+ 4. Trimmed to the input's length, through the amp and effects of --fx (effects.py; default none) at
+    16 kHz, resampled with soxr if --sample_rate is not 16000, peak-normalised
     to -1 dBFS (or --gain DB, then pulled back to -1 dBFS with a warning if it would exceed it), and
     written atomically in the format the output name says (OUTPUT_FORMATS: 16-bit WAV by default).
     Output locations are checked before any work; a bad input, or a checkpoint that renders NaN/Inf,
@@ -75,6 +76,7 @@ import torch
 from tqdm import tqdm
 
 import features
+from effects import Effects, add_fx_arguments, from_args as fx_from_args
 from notes import AdjustSettings, add_adjust_arguments, adjust_settings
 from pipeline import (CHUNK_FRAMES, DEFAULT_CHECKPOINT, ROOT, NonFiniteAudio, finalize_audio, resolve_checkpoint,
                       transfer_audio)
@@ -163,6 +165,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="output sample rate (the model renders 16 kHz; soxr resamples)")
     p.add_argument("--gain", type=float, default=None,
                    help="output gain in dB instead of peak normalisation to -1 dBFS (still capped at -1 dBFS)")
+    add_fx_arguments(p, default="none")
     p.add_argument("--plot", action="store_true", help="also write <output>.png: spectrograms, f0, loudness")
     p.add_argument("--chunk_frames", type=int, default=CHUNK_FRAMES, help="frames rendered per chunk (memory bound)")
     p.add_argument("--segment_seconds", type=float, default=features.SEGMENT_FRAMES / features.FRAME_RATE,
@@ -198,13 +201,15 @@ def output_paths(inputs: list[str], output: str) -> list[Path]:
     return paths
 
 
-def transfer_file(model, src: str, dst: Path, args, settings: AdjustSettings, device) -> tuple[float, float]:
+def transfer_file(model, src: str, dst: Path, args, settings: AdjustSettings, device,
+                  fx: Effects) -> tuple[float, float]:
     """One input file -> `dst` (and its plot with --plot); prints one summary line. Returns (seconds of
     audio, seconds spent on the plot). Raises UserError for an unusable input, NonFiniteAudio for a broken model (nothing written)."""
     audio = features.load_audio(src)
     res = transfer_audio(model, audio, src, settings, args.crepe, device, args.chunk_frames, args.seed,
                          int(round(args.segment_seconds * features.FRAME_RATE)))
-    out, warning = finalize_audio(res["audio"], args.sample_rate, args.gain)
+    fx.reset()  # each file starts with the amp's state (gate, delay, reverb tails) empty
+    out, warning = finalize_audio(fx.process(res["audio"]), args.sample_rate, args.gain)
     if warning:
         tqdm.write(f"warning: {dst}: {warning}", file=sys.stderr)
     write_audio(dst, out, args.sample_rate)
@@ -229,6 +234,7 @@ def main(argv=None) -> int:
         raise UserError("--chunk_frames and --segment_seconds must be positive")
     ckpt = resolve_checkpoint(args.checkpoint)
     outs = output_paths(args.inputs, args.output)
+    fx = fx_from_args(args, features.SAMPLE_RATE)  # a bad --fx_plugin stops here, before any work
     device = pick_device(args.device)
     apply_threads(args.threads)
     from model import load_model
@@ -238,7 +244,7 @@ def main(argv=None) -> int:
     many = len(args.inputs) > 1
     for src, dst in tqdm(list(zip(args.inputs, outs)), desc="inputs", unit="file", disable=None if many else True):
         try:
-            seconds, plot_seconds = transfer_file(model, src, dst, args, settings, device)
+            seconds, plot_seconds = transfer_file(model, src, dst, args, settings, device, fx)
             total_s, plot_s = total_s + seconds, plot_s + plot_seconds
         except NonFiniteAudio as e:
             raise UserError(f"{ckpt}: {e} (input {src})") from None

@@ -143,7 +143,10 @@ def test_statistics_match_numpy(tmp_path):
     assert stats["mean_midi"] == pytest.approx(librosa.hz_to_midi(f0[per >= 0.5]).mean(), abs=1e-4)
     assert va.stats == stats  # the val dataset reports the TRAIN statistics too
     assert dataset_statistics([tmp_path / n for n in tr.files]) == stats
-    assert all(isinstance(v, float) for k, v in stats.items() if k not in ("loudness_quantiles", "pluck_envelope"))
+    voiced_midi = librosa.hz_to_midi(f0[per >= 0.5])
+    np.testing.assert_allclose(stats["pitch_range_midi"], np.percentile(voiced_midi, [5, 95]), atol=1e-4)
+    assert all(isinstance(v, float) for k, v in stats.items()
+               if k not in ("loudness_quantiles", "pitch_range_midi", "pluck_envelope"))
     assert stats["pluck_envelope"] is None or isinstance(stats["pluck_envelope"], dict)  # tests/test_pluck_envelope.py
 
 

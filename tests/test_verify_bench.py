@@ -62,7 +62,8 @@ def test_bench_tiny_json(tmp_path):
         assert r["train_step"][impl]["median_s"] > 0
         for phase, t in r["train_step"][impl]["phases_s"].items():
             assert t >= 0, phase
-    for key in ("ours_rtf", "reference_rtf", "ours_synth_rtf", "reference_synth_rtf", "decoder_rtf"):
+    for key in ("ours_rtf", "reference_rtf", "ours_synth_rtf", "reference_synth_rtf", "ours_decoder_rtf",
+                "reference_decoder_rtf"):
         assert r["inference"][key] > 0, key
     mem = r["memory"]
     assert 0 < mem["baseline_mb"] <= min(mem["ours_mb"], mem["reference_mb"])
@@ -80,7 +81,8 @@ def test_reference_really_renders_the_readable_bank(monkeypatch):
     calls = []
     spec = synth.harmonic_bank_audio_rate
     monkeypatch.setattr(synth, "harmonic_bank_audio_rate", lambda *a, **k: calls.append(1) or spec(*a, **k))
-    net = bench.build(type("A", (), dict(hidden_size=16, seed=0, batch_size=1, seconds=0.1))(), torch.device("cpu"))[0]
+    net = bench.build(type("A", (), dict(hidden_size=16, seed=0, batch_size=1, seconds=0.1,
+                                                decoder_stride=4, amp=False))(), torch.device("cpu"))[0]
     f0, loud = bench.make_controls(1, 25)
     for name, expected in (("ours", 0), ("reference", 1)):
         with bench.implementation(net, name), torch.no_grad():

@@ -9,7 +9,6 @@ agree. Pure numpy functions on [F] frame arrays at features.FRAME_RATE (Hz, dB, 
 from __future__ import annotations
 
 import argparse
-import math
 from dataclasses import dataclass
 
 import numpy as np
@@ -338,7 +337,7 @@ def reattacks(loudness_db: np.ndarray, dip_db: float = DIP_DB, span: int = DIP_S
     """Frames (indices into one note's [n] loudness, dB) where the loudness has a dip of at least `dip_db`
     below its maximum within `span` frames before AND within `span` frames after (a re-attack, a breath or
     a consonant): the dip's minimum, one per dip, at least `span` frames from the note's ends' peaks."""
-    from scipy.ndimage import maximum_filter1d, uniform_filter1d
+    from scipy.ndimage import uniform_filter1d
 
     x = uniform_filter1d(np.asarray(loudness_db, np.float64), DIP_SMOOTH_FRAMES, mode="nearest")
     n = x.size

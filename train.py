@@ -52,7 +52,6 @@ import secrets
 import signal
 import string
 import sys
-import time
 from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
@@ -73,7 +72,8 @@ from data import NeuralGuitarDataset
 from features import HOP
 from loss import MultiResolutionSTFTLoss
 from model import STATS_KEYS
-from utils import HelpFormatter, UserError, add_device_arguments, apply_threads, check_output_path, pick_device, run_main
+from utils import (GracefulStop, HelpFormatter, UserError, add_device_arguments, apply_threads, check_output_path,
+                   pick_device, run_main)
 
 # model config keys exposed as flags: everything in model.DEFAULT_CONFIG except what the data fixes
 MODEL_FLAG_KEYS = tuple(k for k in models.DEFAULT_CONFIG
@@ -259,7 +259,8 @@ def train(args, dist_info) -> int:
                                               state.raw_model.config, say)
     exit_code = 1
     try:
-        with GracefulStop(grace_s=2.0 if state.ddp else 0.0, say=say) as stopper:
+        with GracefulStop(grace_s=2.0 if state.ddp else 0.0, say=say,
+                          action="stopping after this step and saving latest.pth") as stopper:
             exit_code = run_epochs(state, train_ds, val_ds, stopper)
     except KeyboardInterrupt:
         exit_code = 130
@@ -606,37 +607,6 @@ def seed_everything(seed: int) -> None:
 
 def new_run_id() -> str:
     return "".join(secrets.choice(string.ascii_lowercase + string.digits) for _ in range(8))
-
-
-class GracefulStop:
-    """SIGINT/SIGTERM -> `requested` becomes True (the loop finishes its step, saves, exits 130).
-    A second signal raises KeyboardInterrupt at once. Under torchrun the launcher forwards the
-    terminal's CTRL+C again, so repeats within `grace_s` of the first are ignored there."""
-
-    def __init__(self, grace_s: float = 0.0, say=print):
-        self.requested, self.first_at, self.grace_s, self.say = False, 0.0, grace_s, say
-        self.previous = {}
-
-    def _handler(self, signum, frame):
-        now = time.monotonic()
-        if not self.requested:
-            self.requested, self.first_at = True, now
-            self.say(f"{signal.Signals(signum).name}: stopping after this step and saving latest.pth "
-                     f"(press CTRL+C again to quit at once)")
-        elif now - self.first_at >= self.grace_s:
-            raise KeyboardInterrupt
-
-    def __enter__(self):
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            try:
-                self.previous[sig] = signal.signal(sig, self._handler)
-            except ValueError:  # not the main thread (e.g. called from a test thread)
-                pass
-        return self
-
-    def __exit__(self, *exc):
-        for sig, handler in self.previous.items():
-            signal.signal(sig, handler)
 
 
 def ignore_signals_in_worker(_worker_id: int) -> None:

@@ -6,8 +6,10 @@ from __future__ import annotations
 
 import argparse
 import os
+import signal
 import sys
 import tempfile
+import time
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Callable, Iterator
@@ -162,3 +164,33 @@ def run_main(main: Callable[[list[str] | None], int | None]) -> None:
         sys.exit(130)
     sys.exit(code or 0)
 
+
+class GracefulStop:
+    """SIGINT/SIGTERM -> `requested` becomes True (a loop finishes its step, saves, exits 130), with one
+    line `<SIGNAL>: <action> (press CTRL+C again to quit at once)`. A second signal raises
+    KeyboardInterrupt at once. Under torchrun the launcher forwards the terminal's CTRL+C again, so repeats
+    within `grace_s` of the first are ignored there."""
+
+    def __init__(self, grace_s: float = 0.0, say=print, action: str = "stopping after this step"):
+        self.requested, self.first_at, self.grace_s, self.say, self.action = False, 0.0, grace_s, say, action
+        self.previous = {}
+
+    def _handler(self, signum, frame):
+        now = time.monotonic()
+        if not self.requested:
+            self.requested, self.first_at = True, now
+            self.say(f"{signal.Signals(signum).name}: {self.action} (press CTRL+C again to quit at once)")
+        elif now - self.first_at >= self.grace_s:
+            raise KeyboardInterrupt
+
+    def __enter__(self):
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            try:
+                self.previous[sig] = signal.signal(sig, self._handler)
+            except ValueError:  # not the main thread (e.g. called from a test thread)
+                pass
+        return self
+
+    def __exit__(self, *exc):
+        for sig, handler in self.previous.items():
+            signal.signal(sig, handler)

@@ -124,7 +124,7 @@ def check_model(ctx) -> str:
     n = sum(p.numel() for p in net.parameters())
     cfg = net.config
     return (f"{n / 1e6:.2f} M parameters ({cfg['decoder']} {cfg['hidden_size']}, {cfg['n_harmonics']} "
-            f"harmonics, {cfg['n_noise_bands']} noise bands)")
+            f"harmonics, {cfg['n_noise_bands']} noise bands, decoder stride {cfg['decoder_stride']})")
 
 
 def check_forward_backward(ctx) -> str:

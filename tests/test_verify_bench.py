@@ -10,11 +10,9 @@ from __future__ import annotations
 
 import io
 import json
-import math
 import sys
 from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
 

@@ -86,7 +86,6 @@ def variant(feature_file, path, **changes):
 
 
 def test_all_plots_nan_f0_as_gaps_and_skips_unusable_files_with_one_line_each(feature_file, tmp_path, capsys):
-    import torch
 
     root, out = tmp_path / "processed", tmp_path / "vis"
     root.mkdir()

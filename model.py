@@ -2,8 +2,8 @@
 
 The model is built from a plain config dict (`build_config`), and every checkpoint stores that dict,
 so `load_model(path)` rebuilds the exact model with no flags. The config also carries the training
-set's statistics: loudness mean/std (input scaling) and loudness quantiles + mean pitch (transfer's
-auto-adjust).
+set's statistics (STATS_KEYS): loudness mean/std (input scaling) and, for transfer's auto-adjust, loudness
+quantiles, pitch range and the plucked-note curve.
 """
 from __future__ import annotations
 
@@ -171,7 +171,8 @@ class NeuralGuitar(nn.Module):
 
         Args:
             f0_hz, loudness_db: [B, F] Hz, dB. state: decoder state from a previous chunk (GRU hidden
-            [1, B, H] or transformer context), or None.
+            [1, B, H] or transformer context), or None; chunks must be whole decoder steps (F a multiple
+            of S) except the last, for the state to carry exactly.
         Returns:
             (controls dict: amplitude [B,F,1], harmonic_distribution [B,F,K], noise_magnitudes [B,F,N];
              new state)

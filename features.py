@@ -563,3 +563,58 @@ def midi_to_note_name(midi: float, cents: bool = True) -> str:
     off = int(round((m - n) * 100))
     name = f"{_NOTE_NAMES[n % 12]}{n // 12 - 1}"
     return name if off == 0 or not cents else f"{name}{off:+d}c"
+
+
+# --------------------------------------------------------------------------------------------------
+# Live (causal) pitch: one definition for streaming.py and its measurements
+# --------------------------------------------------------------------------------------------------
+
+LIVE_PITCH_LOOKAHEAD = 256   # samples: how far past a frame's centre a live tracker's window may reach
+
+
+class CrepeLivePitch:
+    """Causal CREPE for live input: one evaluation per window that ENDS `lookahead` samples after the
+    frame's centre (the window's own centre lags the frame by CREPE_WINDOW/2 - lookahead samples).
+
+    Decoding is per window (no Viterbi, which would need the future): the most probable bin inside
+    F0_MIN_HZ..F0_MAX_HZ refined by `_local_average_cents`; periodicity = the network's output there.
+    Frames are normalised like torchcrepe.preprocess (zero mean, unit std).
+    """
+
+    window = CREPE_WINDOW
+
+    def __init__(self, model: str = "tiny", lookahead: int = LIVE_PITCH_LOOKAHEAD, device="cpu"):
+        self.model, self.lookahead, self.device = model, int(lookahead), _resolve_device(device)
+        self.name = f"crepe-{model}"
+
+    @torch.inference_mode()
+    def __call__(self, windows: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
+        """windows: [n, CREPE_WINDOW] float32 at 16 kHz -> (f0_hz [n], periodicity [n]) float32 numpy."""
+        import torchcrepe
+
+        x = windows.float().to(self.device)
+        x = x - x.mean(dim=1, keepdim=True)
+        x = x / x.std(dim=1, keepdim=True).clamp_min(1e-10)
+        probs = torchcrepe.infer(x, self.model, self.device).float().cpu().numpy()  # [n, 360]
+        lo, hi = _allowed_bins()
+        masked = np.zeros_like(probs)
+        masked[:, lo:hi] = probs[:, lo:hi]
+        path = masked.argmax(axis=1)
+        f0 = 10.0 * 2.0 ** (_local_average_cents(masked, path) / 1200.0)
+        period = probs[np.arange(probs.shape[0]), path]
+        return np.clip(f0, F0_MIN_HZ, F0_MAX_HZ).astype(np.float32), np.clip(period, 0, 1).astype(np.float32)
+
+
+LIVE_PITCH_TRACKERS = {"crepe-tiny": lambda **kw: CrepeLivePitch("tiny", **kw),
+                       "crepe-full": lambda **kw: CrepeLivePitch("full", **kw)}
+DEFAULT_LIVE_PITCH = "crepe-tiny"
+
+
+def live_pitch_tracker(name: str = DEFAULT_LIVE_PITCH, lookahead: int = LIVE_PITCH_LOOKAHEAD, device="cpu"):
+    """The live (causal) pitch tracker `name` (one of LIVE_PITCH_TRACKERS): an object with `window`
+    (input samples it reads per evaluation), `lookahead` (samples past the frame centre its window ends)
+    and `__call__(windows [n, window] float32 tensor) -> (f0_hz [n], periodicity [n])` numpy float32.
+    Window k for frame i is input[i*HOP + lookahead - window : i*HOP + lookahead]."""
+    if name not in LIVE_PITCH_TRACKERS:
+        raise UserError(f"unknown live pitch tracker {name!r}: use one of {', '.join(LIVE_PITCH_TRACKERS)}")
+    return LIVE_PITCH_TRACKERS[name](lookahead=lookahead, device=device)

@@ -595,7 +595,9 @@ class CrepeLivePitch:
         x = windows.float().to(self.device)
         x = x - x.mean(dim=1, keepdim=True)
         x = x / x.std(dim=1, keepdim=True).clamp_min(1e-10)
-        probs = torchcrepe.infer(x, self.model, self.device).float().cpu().numpy()  # [n, 360]
+        if getattr(torchcrepe.infer, "capacity", None) != self.model:
+            torchcrepe.infer(x[:1], self.model, self.device)   # loads the weights once
+        probs = torchcrepe.infer.model(x).float().cpu().numpy()  # [n, 360]
         lo, hi = _allowed_bins()
         masked = np.zeros_like(probs)
         masked[:, lo:hi] = probs[:, lo:hi]
@@ -605,9 +607,64 @@ class CrepeLivePitch:
         return np.clip(f0, F0_MIN_HZ, F0_MAX_HZ).astype(np.float32), np.clip(period, 0, 1).astype(np.float32)
 
 
+class PestoLivePitch:
+    """Causal PESTO (pesto-pitch, model `mir-1k_g7`): one CQT frame per evaluation, its 4096-sample kernels
+    centred CQT_HALF - lookahead samples before the window's end, the unknown future half zero-filled
+    beyond the window's end (PESTO's own streaming mode pads the same way). Periodicity = PESTO's
+    voicing confidence; f0 = its argmax-weighted-average reduction."""
+
+    def __init__(self, lookahead: int = LIVE_PITCH_LOOKAHEAD, device="cpu"):
+        import pesto
+
+        self.model = pesto.load_model("mir-1k_g7", step_size=1000.0 * HOP / SAMPLE_RATE,
+                                      sampling_rate=SAMPLE_RATE).to(_resolve_device(device))
+        conv = self.model.preprocessor.hcqt_kernels.cqt_kernels[0].conv
+        conv.padding, conv._reversed_padding_repeated_twice = (0,), [0, 0]   # one frame per window
+        self.kernel = conv.kernel_size[0]                                      # 4096
+        self.lookahead, self.device, self.name = int(lookahead), _resolve_device(device), "pesto"
+        self.window = self.kernel // 2 + self.lookahead
+
+    @torch.inference_mode()
+    def __call__(self, windows: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
+        """windows: [n, kernel/2 + lookahead] -> (f0_hz [n], periodicity [n]) float32 numpy."""
+        x = torch.nn.functional.pad(windows.float().to(self.device), (0, self.kernel - windows.shape[1]))
+        f0, conf, _, _ = self.model(x, sr=SAMPLE_RATE, convert_to_freq=True, return_activations=True)
+        f0, conf = f0.reshape(-1).cpu().numpy(), conf.reshape(-1).cpu().numpy()
+        return np.clip(f0, F0_MIN_HZ, F0_MAX_HZ).astype(np.float32), np.clip(conf, 0, 1).astype(np.float32)
+
+
+class FcpeLivePitch:
+    """Causal FCPE (torchfcpe, bundled model): the network over a window of `context` mel frames (hop 160,
+    window 1024) whose last frame ends exactly at the window's end, so the frame used is centred 512 samples
+    before it (lookahead past the frame's centre, like CrepeLivePitch). Periodicity = the network's largest
+    bin output; f0 = its local-argmax decoder without a voicing threshold."""
+
+    def __init__(self, lookahead: int = LIVE_PITCH_LOOKAHEAD, device="cpu", context: int = 8):
+        from torchfcpe import spawn_bundled_infer_model
+
+        self.device = _resolve_device(device)
+        self.infer = spawn_bundled_infer_model(str(self.device))
+        mel = self.infer.get_mel_config()
+        self.hop, self.n_fft = int(mel["hop_size"]), int(mel["win_size"])
+        pad_left = (self.n_fft - self.hop) // 2
+        self.window = (context - 1) * self.hop + self.n_fft - pad_left  # frame context-1 ends at the window's end
+        self.lookahead, self.name = int(lookahead), "fcpe"
+
+    @torch.inference_mode()
+    def __call__(self, windows: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
+        x = windows.float().to(self.device)[..., None]
+        mel = self.infer.wav2mel(x, SAMPLE_RATE)
+        latent = self.infer.model.forward(mel)[:, -1:]          # [n, 1, 360]: the last (complete) frame
+        cents = self.infer.model.latent2cents_local_decoder(latent, threshold=0.0)
+        f0 = self.infer.model.cent_to_f0(cents).reshape(-1).cpu().numpy()
+        period = latent.amax(-1).reshape(-1).cpu().numpy()
+        return np.clip(f0, F0_MIN_HZ, F0_MAX_HZ).astype(np.float32), np.clip(period, 0, 1).astype(np.float32)
+
+
 LIVE_PITCH_TRACKERS = {"crepe-tiny": lambda **kw: CrepeLivePitch("tiny", **kw),
-                       "crepe-full": lambda **kw: CrepeLivePitch("full", **kw)}
-DEFAULT_LIVE_PITCH = "crepe-tiny"
+                       "crepe-full": lambda **kw: CrepeLivePitch("full", **kw),
+                       "pesto": PestoLivePitch, "fcpe": FcpeLivePitch}
+DEFAULT_LIVE_PITCH = "pesto"   # measured on sung pairs: README "Live" (RPA, octave errors, CPU, onset delay)
 
 
 def live_pitch_tracker(name: str = DEFAULT_LIVE_PITCH, lookahead: int = LIVE_PITCH_LOOKAHEAD, device="cpu"):

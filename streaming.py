@@ -5,7 +5,7 @@ same length. Everything is causal and every piece of state is carried between bl
 not depend on the block size:
 
     input ring --(per frame)--> loudness (features.compute_loudness on the frame's own 512-sample window)
-               --(every `pitch_every` frames)--> f0 + periodicity (features.live_pitch_tracker), held between
+               --(once per `pitch_every` frames)--> f0 + periodicity (features.live_pitch_tracker)
     --> CausalAdjust (octave, note gating, running loudness map onto the training quantiles, pluck envelope)
     --> model.decode (one decoder step = decoder_stride frames, GRU state carried)
     --> model.synthesize (oscillator phases carried, noise FIR and amplitude ramps rendered with a margin
@@ -25,8 +25,9 @@ means that every block, whatever its size (a multiple of HOP), finds its samples
 only decides when audio leaves, never what it is. Output sample t equals the offline rendering of the same
 (causal) features at sample t - latency_samples. On a sound card, the block's own buffering adds to it.
 
-Pitch is evaluated every `pitch_every` frames (4 = every 16 ms) and held in between: a live tracker costs
-milliseconds per evaluation, one per frame would not fit a 16 ms block on one CPU thread.
+Pitch is evaluated once per group of `pitch_every` frames (4 = every 16 ms), on the window that ends
+`lookahead` after the group's last frame, and serves the whole group: a live tracker costs milliseconds per
+evaluation, one per frame would not fit a 16 ms block on one CPU thread.
 """
 from __future__ import annotations
 
@@ -231,14 +232,17 @@ class StreamingTransfer:
         octave: whole octaves added to the sung pitch. settings: LiveSettings (its octave is replaced by
             `octave`); adjust=False: features go to the model unchanged apart from the octave.
         fx: an effects.Effects (its state is carried too) or None.
-        pitch_every: frames per pitch evaluation (held in between). seed: the synthesizer's noise.
+        pitch_every: frames per pitch evaluation (a divisor of the step; gcd taken): one evaluation serves a
+            group of frames and reads the window that ends `lookahead` after the group's LAST frame (the
+            newest input the step may use), so a note's voicing is seen as early as the latency allows.
+        seed: the synthesizer's noise.
         step_frames: frames per internal step (rounded up to whole decoder steps; default STEP_FRAMES):
             fewer, larger calls cost less CPU, each frame of it adds HOP samples of latency.
         threads: torch CPU threads (set process-wide when > 0; one is fastest for batch-1 blocks).
         record: keep the per-frame features and noise (`self.trace`) for tests and plots.
     """
 
-    def __init__(self, model, block_size: int = 256, pitch="crepe-tiny", octave: int = 0, fx=None,
+    def __init__(self, model, block_size: int = 256, pitch=features.DEFAULT_LIVE_PITCH, octave: int = 0, fx=None,
                  settings: LiveSettings | None = None, adjust: bool = True, pitch_every: int = 4,
                  seed: int = 0, threads: int = 1, record: bool = False, step_frames: int | None = None):
         if block_size <= 0 or block_size % HOP:
@@ -248,12 +252,13 @@ class StreamingTransfer:
         self.model, self.block_size, self.fx, self.record = model, int(block_size), fx, record
         self.device = next(model.parameters()).device
         self.tracker = features.live_pitch_tracker(pitch, device=self.device) if isinstance(pitch, str) else pitch
-        self.pitch_every, self.seed = int(pitch_every), seed
+        self.seed = seed
         settings = LiveSettings() if settings is None else settings
         self.settings = LiveSettings(**{**settings.__dict__, "octave": int(octave), "auto": adjust and settings.auto})
         S = model.stride
         self.S = S * max(1, math.ceil((step_frames or STEP_FRAMES) / S))  # frames per internal step: whole decoder steps
         self.P = self.S * HOP                                   # samples per internal step
+        self.pitch_every = math.gcd(int(pitch_every), self.S)   # frames per pitch evaluation, dividing the step
         half = features.LOUDNESS_N_FFT // 2
         self.lookahead = HOP * math.ceil(max(half, self.tracker.lookahead) / HOP)
         self.margin = 1 + math.ceil(model.noise.delay / HOP)    # as model.render_chunked
@@ -275,7 +280,6 @@ class StreamingTransfer:
         self.out = np.zeros(0, np.float32)                      # synthesized audio from out_start on
         self.out_start = -self.margin * HOP
         self.emit_at = -self.latency_samples                    # next output sample to emit
-        self.last_pitch = (features.F0_MIN_HZ, 0.0)
         self.gen = torch.Generator().manual_seed(int(self.seed))
         self.adjust.reset()
         if self.reverb is not None:
@@ -296,17 +300,11 @@ class StreamingTransfer:
         S, half = self.S, features.LOUDNESS_N_FFT // 2
         seg = self._input(first * HOP - half, (first + S - 1) * HOP + half)
         loud = features.compute_loudness(seg)[half // HOP: half // HOP + S]  # frame half/HOP of seg = `first`
-        evals = [i for i in range(first, first + S) if i % self.pitch_every == 0]
-        if evals:
-            la, w = self.tracker.lookahead, self.tracker.window
-            win = np.stack([self._input(i * HOP + la - w, i * HOP + la) for i in evals])
-            f0s, pers = self.tracker(torch.from_numpy(win))
-        f0, per = np.empty(S), np.empty(S)
-        for k, i in enumerate(range(first, first + S)):
-            if i in evals:
-                self.last_pitch = (float(f0s[evals.index(i)]), float(pers[evals.index(i)]))
-            f0[k], per[k] = self.last_pitch
-        return loud, f0, per
+        E, la, w = self.pitch_every, self.tracker.lookahead, self.tracker.window
+        ends = [(first + g * E + E - 1) * HOP + la for g in range(S // E)]   # each group's last frame + la
+        win = np.stack([self._input(e - w, e) for e in ends])
+        f0s, pers = self.tracker(torch.from_numpy(win))
+        return loud, np.repeat(f0s, E).astype(np.float64), np.repeat(pers, E).astype(np.float64)
 
     # ---- one internal step ----------------------------------------------------------------------------
     @torch.inference_mode()

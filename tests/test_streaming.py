@@ -69,12 +69,19 @@ def test_block_size_invariance_and_offline_equality(stride, single_thread):
 
 
 def test_no_jump_at_block_seams(single_thread):
-    m = small_model(4)
+    """A smooth model (3 partials, no noise, no room): the sample-to-sample step across any multiple of 64
+    samples (the block seams, and the engine's internal step seams, which sit between them) is no larger than
+    1.5 x the largest step within 8 samples of it (frame boundaries are kinks of the amplitude ramps, not jumps)."""
+    torch.manual_seed(0)
+    cfg = model_lib.build_config(hidden_size=32, mlp_layers=1, n_harmonics=3, noise_bias=-30.0, reverb=False)
+    m = model_lib.NeuralGuitar(cfg).eval()
     x = voice(1.0)
-    y = run(streaming.StreamingTransfer(m, 256), x, 256)
+    y = run(streaming.StreamingTransfer(m, 256, adjust=False), x, 256)[:x.size]
     d = np.abs(np.diff(y))
-    seams = d[255::256]                               # y[256k] - y[256k - 1]
-    assert seams.max() <= np.percentile(d, 99.9) + 1e-6
+    assert d.max() > 1e-4
+    for k in range(63 + 64, d.size - 64, 64):          # d[k] = y[64j] - y[64j - 1]
+        near = np.concatenate([d[k - 8:k], d[k + 1:k + 9]])
+        assert d[k] <= 1.5 * near.max() + 1e-6, (k, d[k], near.max())
 
 
 def onset_sample(y: np.ndarray, fraction: float = 0.1, win: int = 64) -> int:

@@ -49,7 +49,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help=f"model checkpoint (.pth); default: the bundled {DEFAULT_CHECKPOINT.relative_to(ROOT)}")
     p.add_argument("--pitch", choices=tuple(features.LIVE_PITCH_TRACKERS), default=features.DEFAULT_LIVE_PITCH,
                    help="live pitch tracker (features.live_pitch_tracker)")
-    p.add_argument("--octave", type=int, default=0, help="whole octaves added to the sung pitch")
+    p.add_argument("--octave", default="0",
+                   help="whole octaves added to the sung pitch, or 'auto' (re-decided at each note onset from the "
+                        "notes so far: the shift that puts most of them in the model's range; never inside a note)")
     p.add_argument("--semitones", type=float, default=0.0, help="extra pitch shift in semitones")
     p.add_argument("--envelope", choices=("pluck", "voice"), default="pluck",
                    help="pluck: each sung note becomes a plucked note (causal); voice: the voice's own envelope")
@@ -237,6 +239,8 @@ def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
     if args.block <= 0 or args.block % features.HOP:
         raise UserError(f"--block {args.block}: use a positive multiple of {features.HOP} (e.g. 256 = 16 ms)")
+    if args.octave != "auto" and not args.octave.lstrip("+-").isdigit():
+        raise UserError(f"--octave {args.octave}: use 'auto' or a whole number such as -1")
     if args.list_devices:
         print(device_list(import_sounddevice()).replace("; ", "\n"))
         return 0

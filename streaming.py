@@ -98,7 +98,7 @@ def _histogram_quantiles(counts: np.ndarray, levels: np.ndarray) -> np.ndarray:
 class LiveSettings:
     """Options of the causal auto-adjust (`CausalAdjust`); live.py's flags."""
     auto: bool = True              # False: only octave, semitones and loudness offset
-    octave: int = 0                # whole octaves
+    octave: int | None = 0         # whole octaves; None: auto (notes.auto_octave of the notes so far, at onsets)
     semitones: float = 0.0
     loudness_db: float = 0.0       # added to every frame at the end
     note_threshold: float = 0.5    # periodicity needed for a note frame
@@ -110,6 +110,7 @@ class LiveSettings:
 class CausalAdjust:
     """notes.adjust_features, frame by frame and causal: every decision uses only frames up to now.
 
+    * octave: settings.octave, or auto: `notes.auto_octave` of the notes so far, re-decided at each onset.
     * note gating: a frame is a note when its periodicity >= threshold and its loudness is above a floor
       (the running 99th percentile of all frames - 40 dB, at least notes.ABS_FLOOR_DB); a note survives
       gaps of up to notes.TRACK_GAP_FRAMES frames. An onset is decided on the frame it happens.
@@ -147,6 +148,8 @@ class CausalAdjust:
         self.note_counts = np.zeros(len(HIST_EDGES) - 1)
         self.in_note, self.gap, self.since_end = False, 0, 10 ** 9
         self.onsets: list[float] = []
+        self.note_midis: list[float] = []
+        self.octave = 0
         self.note = None   # current pluck: dict(t, level, peak_t, cap, midi, change)
 
     def _count(self, counts: np.ndarray, value: float) -> None:
@@ -156,10 +159,10 @@ class CausalAdjust:
         """Frames in time order ([n] Hz, 0..1, dB) -> (f0 [n] Hz, loudness [n] dB) for the model. The
         running statistics are updated with all n frames first, then the map is built once for them."""
         s = self.settings
-        f0 = np.asarray(f0_hz, np.float64) * 2.0 ** (s.octave + s.semitones / 12.0)
+        f0 = np.asarray(f0_hz, np.float64) * 2.0 ** (s.semitones / 12.0)
         loud = np.asarray(loudness_db, np.float64)
         if not s.auto:
-            return f0, loud + s.loudness_db
+            return f0 * 2.0 ** (s.octave or 0), loud + s.loudness_db
         for v in loud:
             self._count(self.all_counts, v)
         floor = max(notes.ABS_FLOOR_DB, _histogram_quantiles(self.all_counts, np.array([0.99]))[0] - 40.0)
@@ -178,6 +181,7 @@ class CausalAdjust:
             else:
                 self.since_end += 1
             state.append((self.in_note, onset, self.since_end))
+        f0 = f0 * 2.0 ** np.array([self._octave(f, onset) for f, (_, onset, _) in zip(f0, state)], np.float64)
         if self.note_counts.sum() == 0:
             return f0, np.minimum(loud, self.q_train[0]) - s.quiet_db + s.loudness_db
         q_in = _histogram_quantiles(self.note_counts, self.levels)
@@ -192,6 +196,17 @@ class CausalAdjust:
             else:
                 out[k] = self._pluck(mapped[k], f0[k], onset) if s.envelope == "pluck" else mapped[k]
         return f0, out + s.loudness_db
+
+    def _octave(self, f0_hz: float, onset: bool) -> int:
+        """The octave shift of a frame: settings.octave, or (None) `notes.auto_octave` of the pitches of the
+        notes so far (each note's pitch at its onset frame) into the config's range, re-decided only at an
+        onset, so it never changes inside a note and settles within the first notes."""
+        if self.settings.octave is not None:
+            return int(self.settings.octave)
+        if onset:
+            self.note_midis.append(float(features.hz_to_midi(max(f0_hz, 1.0))))
+            self.octave = notes.auto_octave(self.note_midis[-50:], *notes.config_pitch_range(self.config))
+        return self.octave
 
     def _pluck(self, mapped: float, f0_hz: float, onset: bool) -> float:
         """The causal pluck envelope of a note frame (mapped loudness dB -> dB)."""
@@ -229,7 +244,7 @@ class StreamingTransfer:
         model: a NeuralGuitar (eval mode; its device is used).
         block_size: samples per `process` call, a multiple of HOP (64).
         pitch: a features.LIVE_PITCH_TRACKERS name, or a tracker object (features.live_pitch_tracker).
-        octave: whole octaves added to the sung pitch. settings: LiveSettings (its octave is replaced by
+        octave: whole octaves added to the sung pitch, or "auto" (CausalAdjust._octave). settings: LiveSettings (its octave is replaced by
             `octave`); adjust=False: features go to the model unchanged apart from the octave.
         fx: an effects.Effects (its state is carried too) or None.
         pitch_every: frames per pitch evaluation (a divisor of the step; gcd taken): one evaluation serves a
@@ -242,7 +257,7 @@ class StreamingTransfer:
         record: keep the per-frame features and noise (`self.trace`) for tests and plots.
     """
 
-    def __init__(self, model, block_size: int = 256, pitch=features.DEFAULT_LIVE_PITCH, octave: int = 0, fx=None,
+    def __init__(self, model, block_size: int = 256, pitch=features.DEFAULT_LIVE_PITCH, octave: int | str = 0, fx=None,
                  settings: LiveSettings | None = None, adjust: bool = True, pitch_every: int = 4,
                  seed: int = 0, threads: int = 1, record: bool = False, step_frames: int | None = None):
         if block_size <= 0 or block_size % HOP:
@@ -254,7 +269,8 @@ class StreamingTransfer:
         self.tracker = features.live_pitch_tracker(pitch, device=self.device) if isinstance(pitch, str) else pitch
         self.seed = seed
         settings = LiveSettings() if settings is None else settings
-        self.settings = LiveSettings(**{**settings.__dict__, "octave": int(octave), "auto": adjust and settings.auto})
+        octave = None if octave == "auto" else int(octave)
+        self.settings = LiveSettings(**{**settings.__dict__, "octave": octave, "auto": adjust and settings.auto})
         S = model.stride
         self.S = S * max(1, math.ceil((step_frames or STEP_FRAMES) / S))  # frames per internal step: whole decoder steps
         self.P = self.S * HOP                                   # samples per internal step

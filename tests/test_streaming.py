@@ -141,3 +141,15 @@ def test_causal_adjust_gates_and_maps(single_thread):
     assert np.all(ld <= -60.0 - 29.0) and np.allclose(f0, 100.0)
     f0, ld = adj.step(np.full(200, 200.0), np.full(200, 0.9), np.full(200, -20.0))  # a sung note
     assert np.all((ld >= -60.0) & (ld <= -10.0))
+
+
+def test_causal_auto_octave_decides_at_onsets_only(single_thread):
+    """Range E2..E5 (a config without pitch_range_midi): a note sung at A5 (MIDI 81) is moved down one octave
+    from its onset; a pitch change inside the same note keeps that shift (no change mid-note)."""
+    cfg = model_lib.build_config(loudness_quantiles=list(np.linspace(-60.0, -10.0, 101)))
+    adj = streaming.CausalAdjust(cfg, streaming.LiveSettings(octave=None, envelope="voice"))
+    adj.step(np.full(20, 200.0), np.zeros(20), np.full(20, -75.0))                 # silence first
+    f0, _ = adj.step(np.full(40, 880.0), np.full(40, 0.9), np.full(40, -20.0))
+    assert np.allclose(f0, 440.0)
+    f0, _ = adj.step(np.full(40, 110.0), np.full(40, 0.9), np.full(40, -20.0))     # same note, now low
+    assert np.allclose(f0, 55.0)

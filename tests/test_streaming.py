@@ -11,7 +11,7 @@ import model as model_lib
 import streaming
 import synth
 from pipeline import DEFAULT_CHECKPOINT
-from conftest import SR, sine, vibrato_sine
+from conftest import SR, vibrato_sine
 
 
 def small_model(stride: int = 4, seed: int = 0):

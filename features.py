@@ -607,11 +607,28 @@ class CrepeLivePitch:
         return np.clip(f0, F0_MIN_HZ, F0_MAX_HZ).astype(np.float32), np.clip(period, 0, 1).astype(np.float32)
 
 
+def period_nccf(windows: np.ndarray, f0_hz: np.ndarray) -> np.ndarray:
+    """Periodicity of each window at its f0: the largest normalised cross-correlation <a, b> / (|a| |b|) of the
+    window with itself shifted by one period (round(SAMPLE_RATE / f0) samples, +-1), clipped to 0..1.
+    windows: [n, W] (W > SAMPLE_RATE / F0_MIN_HZ + 1), f0_hz: [n] Hz -> [n]. ~1 for a steady tone, ~0 for noise."""
+    out = np.zeros(len(windows))
+    for k, (x, f) in enumerate(zip(windows, f0_hz)):
+        x = x - x.mean()
+        best = 0.0
+        for lag in range(int(round(SAMPLE_RATE / f)) - 1, int(round(SAMPLE_RATE / f)) + 2):
+            a, b = x[:-lag], x[lag:]
+            den = math.sqrt(float(a @ a) * float(b @ b))
+            best = max(best, float(a @ b) / den if den > 0 else 0.0)
+        out[k] = best
+    return np.clip(out, 0.0, 1.0)
+
+
 class PestoLivePitch:
     """Causal PESTO (pesto-pitch, model `mir-1k_g7`): one CQT frame per evaluation, its 4096-sample kernels
     centred CQT_HALF - lookahead samples before the window's end, the unknown future half zero-filled
-    beyond the window's end (PESTO's own streaming mode pads the same way). Periodicity = PESTO's
-    voicing confidence; f0 = its argmax-weighted-average reduction."""
+    beyond the window's end (PESTO's own streaming mode pads the same way); f0 = its argmax-weighted-average
+    reduction. Periodicity = `period_nccf` of the window's last CREPE_WINDOW samples at that f0: PESTO's own
+    confidence stayed at 0.1-0.4 through sustained sung notes (it rises at onsets only), useless for gating."""
 
     def __init__(self, lookahead: int = LIVE_PITCH_LOOKAHEAD, device="cpu"):
         import pesto
@@ -629,8 +646,8 @@ class PestoLivePitch:
         """windows: [n, kernel/2 + lookahead] -> (f0_hz [n], periodicity [n]) float32 numpy."""
         x = torch.nn.functional.pad(windows.float().to(self.device), (0, self.kernel - windows.shape[1]))
         f0, conf, _, _ = self.model(x, sr=SAMPLE_RATE, convert_to_freq=True, return_activations=True)
-        f0, conf = f0.reshape(-1).cpu().numpy(), conf.reshape(-1).cpu().numpy()
-        return np.clip(f0, F0_MIN_HZ, F0_MAX_HZ).astype(np.float32), np.clip(conf, 0, 1).astype(np.float32)
+        f0 = np.clip(f0.reshape(-1).cpu().numpy(), F0_MIN_HZ, F0_MAX_HZ)
+        return f0.astype(np.float32), period_nccf(windows[:, -CREPE_WINDOW:].double().numpy(), f0).astype(np.float32)
 
 
 class FcpeLivePitch:

@@ -125,6 +125,19 @@ def test_live_pitch_follows_vibrato_and_glide(name, single_thread):
         assert np.ptp(flat) > 0.5 * np.ptp(1200 * np.log2(truth / np.median(truth)))
 
 
+@pytest.mark.parametrize("name", ["crepe-tiny", "pesto"])
+def test_live_periodicity_tone_vs_noise(name, single_thread):
+    """A vibrato tone reads as periodic (>= 0.6 in every window: above the 0.5 note gate), white noise as not
+    (< 0.5 in at least 90 % of the windows)."""
+    tracker = features.live_pitch_tracker(name)
+    w = tracker.window
+    tone = vibrato_sine(250.0, 1.0, amplitude=0.3)[0]
+    noise = np.random.default_rng(0).uniform(-0.3, 0.3, SR).astype(np.float32)
+    for x, periodic in ((tone, True), (noise, False)):
+        _, per = tracker(torch.from_numpy(np.stack([x[e - w:e] for e in range(w, x.size, 512)])))
+        assert (per.min() >= 0.6) if periodic else (np.mean(per < 0.5) >= 0.9), (name, periodic, per)
+
+
 def test_engine_rejects_bad_block(single_thread):
     with pytest.raises(ValueError):
         streaming.StreamingTransfer(small_model(4), 100)

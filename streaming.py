@@ -216,7 +216,8 @@ class CausalAdjust:
             n["change"] = n["change"] + 1 if abs(midi - n["midi"]) >= 1.0 else 0
             onset = n["change"] >= self.PITCH_CHANGE_FRAMES
         if n is None or onset:
-            n = self.note = {"t": 0, "level": mapped, "peak_t": 0, "cap": mapped, "midi": midi, "change": 0}
+            n = self.note = {"t": 0, "level": mapped, "peak_t": 0, "cap": mapped, "midi": midi, "change": 0,
+                             "curve": np.zeros(0)}
         elif n["t"] < self.attack and mapped > n["level"]:
             n.update(level=mapped, peak_t=n["t"], cap=mapped)
         if n["t"] == self.attack - 1:
@@ -226,8 +227,9 @@ class CausalAdjust:
         offset = 0.0
         if median is not None and self.onsets:
             offset = float(median) - float(np.median(self.onsets[-50:]))
-        curve = notes.pluck_curve(n["t"] + 1, n["midi"], self.learned)[-1]
-        y = n["level"] + offset + curve
+        if n["t"] >= len(n["curve"]):                   # the note's curve, extended by doubling (amortised O(1))
+            n["curve"] = notes.pluck_curve(max(2 * len(n["curve"]), 256), n["midi"], self.learned)
+        y = n["level"] + offset + n["curve"][n["t"]]
         accent = notes.ACCENT_DB * math.exp(-(n["t"] - n["peak_t"]) / notes.ACCENT_TAU_FRAMES)
         n["t"] += 1
         return min(y, n["cap"] + accent)

@@ -166,3 +166,19 @@ def test_causal_auto_octave_decides_at_onsets_only(single_thread):
     assert np.allclose(f0, 440.0)
     f0, _ = adj.step(np.full(40, 110.0), np.full(40, 0.9), np.full(40, -20.0))     # same note, now low
     assert np.allclose(f0, 55.0)
+
+
+def test_causal_pluck_envelope_decays_like_the_curve(single_thread):
+    """A steady sung note becomes a plucked one: without a learned curve, notes.PLUCK_DECAY_DB_PER_S (a straight
+    decay) from the onset; with envelope="voice" it stays level."""
+    import notes
+
+    cfg = model_lib.build_config(loudness_quantiles=list(np.linspace(-60.0, -10.0, 101)))
+    out = {}
+    for env in ("pluck", "voice"):
+        adj = streaming.CausalAdjust(cfg, streaming.LiveSettings(envelope=env))
+        adj.step(np.full(20, 200.0), np.zeros(20), np.full(20, -75.0))
+        out[env] = adj.step(np.full(250, 200.0), np.full(250, 0.9), np.full(250, -20.0))[1]
+    drop = out["pluck"][20] - out["pluck"][220]
+    assert abs(drop - notes.PLUCK_DECAY_DB_PER_S * 200 / features.FRAME_RATE) < 0.5, drop
+    assert np.ptp(out["voice"][20:]) < 0.5

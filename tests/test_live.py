@@ -69,3 +69,60 @@ def test_simulate_needs_output_and_block_multiple(tmp_path):
         live.main(["--simulate", str(src)])
     with pytest.raises(UserError, match="--block 100"):
         live.main(["--simulate", str(src), "-o", str(tmp_path / "o.wav"), "--block", "100"])
+
+
+class FakeSoundDevice:
+    """Stands in for sounddevice: one duplex device; the stream calls the callback `n_calls` times with a sung
+    note at the device rate when entered, collecting what the callback writes."""
+
+    class PortAudioError(Exception):
+        pass
+
+    def __init__(self, voice_48k: np.ndarray, block: int):
+        self.voice, self.block, self.out = voice_48k, block, []
+        self.default = type("D", (), {"device": [0, 0]})()
+
+    def query_devices(self):
+        return [{"name": "Fake Duplex", "max_input_channels": 1, "max_output_channels": 1}]
+
+    def Stream(self, samplerate, blocksize, device, channels, dtype, callback, latency):  # noqa: N802
+        fake = self
+
+        class _Stream:
+            def __enter__(self):
+                for i in range(0, fake.voice.size - blocksize + 1, blocksize):
+                    out = np.zeros((blocksize, 1), np.float32)
+                    callback(fake.voice[i:i + blocksize, None], out, blocksize, None, None)
+                    fake.out.append(out[:, 0].copy())
+                return self
+
+            def __exit__(self, *exc):
+                return False
+
+        return _Stream()
+
+
+def test_live_loop_with_a_fake_sound_card(monkeypatch, capsys):
+    """The real-time path (device rate 48 kHz -> 16 kHz engine -> 48 kHz) answers a sung note, prints the
+    status line, and CTRL+C ends it with exit 130 (run_main)."""
+    import soxr
+
+    import utils
+
+    x = soxr.resample(voice(1.0, 196.0, start=0.3), SR, 48000).astype(np.float32)
+    fake = FakeSoundDevice(x, 768)
+    monkeypatch.setattr(live, "import_sounddevice", lambda: fake)
+
+    def ctrl_c(_seconds):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(live.time, "sleep", ctrl_c)
+    monkeypatch.setattr(sys, "argv", ["live.py", "--fx", "none", "--samplerate", "48000"])
+    with pytest.raises(SystemExit) as e:
+        utils.run_main(live.main)
+    assert e.value.code == 130
+    y = np.concatenate(fake.out)
+    assert y.size == x.size // 768 * 768 and np.abs(y).max() > 1e-3
+    lat = (onset_sample(y) - onset_sample(x)) / 48000            # seconds, voice onset -> guitar onset
+    assert 0.0 < lat < (512 + 2 * 256) / SR, lat                 # engine latency + a block of slack + resamplers
+    assert "xruns" in capsys.readouterr().out

@@ -660,7 +660,11 @@ class FcpeLivePitch:
         from torchfcpe import spawn_bundled_infer_model
 
         self.device = _resolve_device(device)
-        self.infer = spawn_bundled_infer_model(str(self.device))
+        import contextlib
+        import io
+
+        with contextlib.redirect_stdout(io.StringIO()):   # torchfcpe prints [INFO]/[WARN] lines on loading
+            self.infer = spawn_bundled_infer_model(str(self.device))
         mel = self.infer.get_mel_config()
         self.hop, self.n_fft = int(mel["hop_size"]), int(mel["win_size"])
         pad_left = (self.n_fft - self.hop) // 2

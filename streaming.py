@@ -7,23 +7,30 @@ not depend on the block size:
     input ring --(per frame)--> loudness (features.compute_loudness on the frame's own 512-sample window)
                --(once per `pitch_every` frames)--> f0 + periodicity (features.live_pitch_tracker)
     --> CausalAdjust (octave, note gating, running loudness map onto the training quantiles, pluck envelope)
-    --> model.decode (one decoder step = decoder_stride frames, GRU state carried)
+    --> model.decode (whole decoder steps, S frames per engine step, GRU state carried)
     --> model.synthesize (oscillator phases carried, noise FIR and amplitude ramps rendered with a margin
         of frames, as model.render_chunked does) --> PartitionedConvolver (the learned reverb IR, uniformly
         partitioned FFT convolution) --> output FIFO --> [effects.Effects]
 
-Timing. The engine works on a fixed internal step of P = decoder_stride * HOP samples. Step j (frames
+Timing. The engine works on a fixed internal step of S frames, P = S * HOP samples (S = STEP_FRAMES = 4 rounded
+up to whole decoder steps: 4 for the bundled stride-1 model and for stride-4 models; fewer, larger calls are
+cheaper on the CPU, each frame of the step costs HOP samples of latency). Step j (frames
 jS .. jS+S-1, frame i centred on input sample i*HOP) runs once the input reaches the last frame's centre plus
 A = `lookahead` samples (256: half the loudness window, which is centred as in the offline definition; the
 pitch tracker's window ends at most A past its frame). It emits the audio of frames jS - m .. jS + S - m - 1
 (m = 2 frames of synthesis margin: the partial amplitudes ramp towards the next frame, the noise FIR is
 centred). Emitting with a fixed delay of
 
-    latency_samples = A + P + (m - 2) * HOP      (320 for the bundled stride-1 model, 512 for stride 4)
+    latency_samples = A + P + (m - 2) * HOP      (256 + 256 = 512 samples = 32 ms with the defaults)
 
 means that every block, whatever its size (a multiple of HOP), finds its samples ready; the block size
 only decides when audio leaves, never what it is. Output sample t equals the offline rendering of the same
-(causal) features at sample t - latency_samples. On a sound card, the block's own buffering adds to it.
+(causal) features at sample t - latency_samples (tests check both). On a sound card the block's own buffering
+and the resamplers add to it (live.py).
+
+Measured (an onset of a sung-like test tone in, the guitar's onset out, on the audio): the default tracker
+(PESTO) answers within ~40 samples of latency_samples; CREPE tiny ~270 samples later, since its periodicity
+passes the note gate one 16 ms pitch evaluation later.
 
 Pitch is evaluated once per group of `pitch_every` frames (4 = every 16 ms), on the window that ends
 `lookahead` after the group's last frame, and serves the whole group: a live tracker costs milliseconds per

@@ -102,7 +102,7 @@ class FakeSoundDevice:
         return _Stream()
 
 
-def test_live_loop_with_a_fake_sound_card(monkeypatch, capsys):
+def test_live_loop_with_a_fake_sound_card(monkeypatch, capsys, single_thread):
     """The real-time path (device rate 48 kHz -> 16 kHz engine -> 48 kHz) answers a sung note, prints the
     status line, and CTRL+C ends it with exit 130 (run_main)."""
     import soxr

@@ -563,3 +563,136 @@ def midi_to_note_name(midi: float, cents: bool = True) -> str:
     off = int(round((m - n) * 100))
     name = f"{_NOTE_NAMES[n % 12]}{n // 12 - 1}"
     return name if off == 0 or not cents else f"{name}{off:+d}c"
+
+
+# --------------------------------------------------------------------------------------------------
+# Live (causal) pitch: one definition for streaming.py and its measurements
+# --------------------------------------------------------------------------------------------------
+
+LIVE_PITCH_LOOKAHEAD = 256   # samples: how far past a frame's centre a live tracker's window may reach
+
+
+class CrepeLivePitch:
+    """Causal CREPE for live input: one evaluation per window that ENDS `lookahead` samples after the
+    frame's centre (the window's own centre lags the frame by CREPE_WINDOW/2 - lookahead samples).
+
+    Decoding is per window (no Viterbi, which would need the future): the most probable bin inside
+    F0_MIN_HZ..F0_MAX_HZ refined by `_local_average_cents`; periodicity = the network's output there.
+    Frames are normalised like torchcrepe.preprocess (zero mean, unit std).
+    """
+
+    window = CREPE_WINDOW
+
+    def __init__(self, model: str = "tiny", lookahead: int = LIVE_PITCH_LOOKAHEAD, device="cpu"):
+        self.model, self.lookahead, self.device = model, int(lookahead), _resolve_device(device)
+        self.name = f"crepe-{model}"
+
+    @torch.inference_mode()
+    def __call__(self, windows: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
+        """windows: [n, CREPE_WINDOW] float32 at 16 kHz -> (f0_hz [n], periodicity [n]) float32 numpy."""
+        import torchcrepe
+
+        x = windows.float().to(self.device)
+        x = x - x.mean(dim=1, keepdim=True)
+        x = x / x.std(dim=1, keepdim=True).clamp_min(1e-10)
+        if getattr(torchcrepe.infer, "capacity", None) != self.model:
+            torchcrepe.infer(x[:1], self.model, self.device)   # loads the weights once
+        probs = torchcrepe.infer.model(x).float().cpu().numpy()  # [n, 360]
+        lo, hi = _allowed_bins()
+        masked = np.zeros_like(probs)
+        masked[:, lo:hi] = probs[:, lo:hi]
+        path = masked.argmax(axis=1)
+        f0 = 10.0 * 2.0 ** (_local_average_cents(masked, path) / 1200.0)
+        period = probs[np.arange(probs.shape[0]), path]
+        return np.clip(f0, F0_MIN_HZ, F0_MAX_HZ).astype(np.float32), np.clip(period, 0, 1).astype(np.float32)
+
+
+def period_nccf(windows: np.ndarray, f0_hz: np.ndarray) -> np.ndarray:
+    """Periodicity of each window at its f0: the largest normalised cross-correlation <a, b> / (|a| |b|) of the
+    window with itself shifted by one period (round(SAMPLE_RATE / f0) samples, +-1), clipped to 0..1.
+    windows: [n, W] (W > SAMPLE_RATE / F0_MIN_HZ + 1), f0_hz: [n] Hz -> [n]. ~1 for a steady tone, ~0 for noise."""
+    out = np.zeros(len(windows))
+    for k, (x, f) in enumerate(zip(windows, f0_hz)):
+        x = x - x.mean()
+        best = 0.0
+        for lag in range(int(round(SAMPLE_RATE / f)) - 1, int(round(SAMPLE_RATE / f)) + 2):
+            a, b = x[:-lag], x[lag:]
+            den = math.sqrt(float(a @ a) * float(b @ b))
+            best = max(best, float(a @ b) / den if den > 0 else 0.0)
+        out[k] = best
+    return np.clip(out, 0.0, 1.0)
+
+
+class PestoLivePitch:
+    """Causal PESTO (pesto-pitch, model `mir-1k_g7`): one CQT frame per evaluation, its 4096-sample kernels
+    centred CQT_HALF - lookahead samples before the window's end, the unknown future half zero-filled
+    beyond the window's end (PESTO's own streaming mode pads the same way); f0 = its argmax-weighted-average
+    reduction. Periodicity = `period_nccf` of the window's last CREPE_WINDOW samples at that f0: PESTO's own
+    confidence stayed at 0.1-0.4 through sustained sung notes (it rises at onsets only), useless for gating."""
+
+    def __init__(self, lookahead: int = LIVE_PITCH_LOOKAHEAD, device="cpu"):
+        import pesto
+
+        self.model = pesto.load_model("mir-1k_g7", step_size=1000.0 * HOP / SAMPLE_RATE,
+                                      sampling_rate=SAMPLE_RATE).to(_resolve_device(device))
+        conv = self.model.preprocessor.hcqt_kernels.cqt_kernels[0].conv
+        conv.padding, conv._reversed_padding_repeated_twice = (0,), [0, 0]   # one frame per window
+        self.kernel = conv.kernel_size[0]                                      # 4096
+        self.lookahead, self.device, self.name = int(lookahead), _resolve_device(device), "pesto"
+        self.window = self.kernel // 2 + self.lookahead
+
+    @torch.inference_mode()
+    def __call__(self, windows: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
+        """windows: [n, kernel/2 + lookahead] -> (f0_hz [n], periodicity [n]) float32 numpy."""
+        x = torch.nn.functional.pad(windows.float().to(self.device), (0, self.kernel - windows.shape[1]))
+        f0, conf, _, _ = self.model(x, sr=SAMPLE_RATE, convert_to_freq=True, return_activations=True)
+        f0 = np.clip(f0.reshape(-1).cpu().numpy(), F0_MIN_HZ, F0_MAX_HZ)
+        return f0.astype(np.float32), period_nccf(windows[:, -CREPE_WINDOW:].double().numpy(), f0).astype(np.float32)
+
+
+class FcpeLivePitch:
+    """Causal FCPE (torchfcpe, bundled model): the network over a window of `context` mel frames (hop 160,
+    window 1024) whose last frame ends exactly at the window's end, so the frame used is centred 512 samples
+    before it (lookahead past the frame's centre, like CrepeLivePitch). Periodicity = the network's largest
+    bin output; f0 = its local-argmax decoder without a voicing threshold."""
+
+    def __init__(self, lookahead: int = LIVE_PITCH_LOOKAHEAD, device="cpu", context: int = 8):
+        from torchfcpe import spawn_bundled_infer_model
+
+        self.device = _resolve_device(device)
+        import contextlib
+        import io
+
+        with contextlib.redirect_stdout(io.StringIO()):   # torchfcpe prints [INFO]/[WARN] lines on loading
+            self.infer = spawn_bundled_infer_model(str(self.device))
+        mel = self.infer.get_mel_config()
+        self.hop, self.n_fft = int(mel["hop_size"]), int(mel["win_size"])
+        pad_left = (self.n_fft - self.hop) // 2
+        self.window = (context - 1) * self.hop + self.n_fft - pad_left  # frame context-1 ends at the window's end
+        self.lookahead, self.name = int(lookahead), "fcpe"
+
+    @torch.inference_mode()
+    def __call__(self, windows: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
+        x = windows.float().to(self.device)[..., None]
+        mel = self.infer.wav2mel(x, SAMPLE_RATE)
+        latent = self.infer.model.forward(mel)[:, -1:]          # [n, 1, 360]: the last (complete) frame
+        cents = self.infer.model.latent2cents_local_decoder(latent, threshold=0.0)
+        f0 = self.infer.model.cent_to_f0(cents).reshape(-1).cpu().numpy()
+        period = latent.amax(-1).reshape(-1).cpu().numpy()
+        return np.clip(f0, F0_MIN_HZ, F0_MAX_HZ).astype(np.float32), np.clip(period, 0, 1).astype(np.float32)
+
+
+LIVE_PITCH_TRACKERS = {"crepe-tiny": lambda **kw: CrepeLivePitch("tiny", **kw),
+                       "crepe-full": lambda **kw: CrepeLivePitch("full", **kw),
+                       "pesto": PestoLivePitch, "fcpe": FcpeLivePitch}
+DEFAULT_LIVE_PITCH = "pesto"   # measured on sung pairs: README "Live" (RPA, octave errors, CPU, onset delay)
+
+
+def live_pitch_tracker(name: str = DEFAULT_LIVE_PITCH, lookahead: int = LIVE_PITCH_LOOKAHEAD, device="cpu"):
+    """The live (causal) pitch tracker `name` (one of LIVE_PITCH_TRACKERS): an object with `window`
+    (input samples it reads per evaluation), `lookahead` (samples past the frame centre its window ends)
+    and `__call__(windows [n, window] float32 tensor) -> (f0_hz [n], periodicity [n])` numpy float32.
+    Window k for frame i is input[i*HOP + lookahead - window : i*HOP + lookahead]."""
+    if name not in LIVE_PITCH_TRACKERS:
+        raise UserError(f"unknown live pitch tracker {name!r}: use one of {', '.join(LIVE_PITCH_TRACKERS)}")
+    return LIVE_PITCH_TRACKERS[name](lookahead=lookahead, device=device)

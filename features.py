@@ -56,7 +56,7 @@ measured with CREPE tiny unless noted, on this 2-core CPU; the behaviours are ch
   track stays on the last note through a pause instead of following noise. A file that is silent
   throughout gets f0 = F0_MIN_HZ and periodicity 0. The share of skipped windows, and so the saving,
   grows with the share of pauses (a window needs half a window of margin from the notes; measured
-  gains: README).
+  gains: docs/experiments.md).
 """
 from __future__ import annotations
 
@@ -685,7 +685,7 @@ class FcpeLivePitch:
 LIVE_PITCH_TRACKERS = {"crepe-tiny": lambda **kw: CrepeLivePitch("tiny", **kw),
                        "crepe-full": lambda **kw: CrepeLivePitch("full", **kw),
                        "pesto": PestoLivePitch, "fcpe": FcpeLivePitch}
-DEFAULT_LIVE_PITCH = "pesto"   # measured on sung pairs: README "Live" (RPA, octave errors, CPU, onset delay)
+DEFAULT_LIVE_PITCH = "pesto"   # chosen on sung pairs: README "Play it live" (RPA, octave errors, CPU cost)
 
 
 def live_pitch_tracker(name: str = DEFAULT_LIVE_PITCH, lookahead: int = LIVE_PITCH_LOOKAHEAD, device="cpu"):

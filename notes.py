@@ -207,8 +207,8 @@ def pluck_envelope(loudness_db: np.ndarray, note: np.ndarray, f0_hz: np.ndarray,
     note frames to the training notes' frames, which are mostly decaying sustain, so a sung onset lands
     below a guitar onset: the onset offset puts it where training onsets are, the cap keeps the sustain
     where the map put it. A sung note's end is where the played note was released; the running minimum
-    keeps vibrato and swells inside the sung note out of the guitar (measured variants: README, Design
-    notes, "Pluck envelope"). The raw running minimum locked a note at a brief dip of the voice (a breath,
+    keeps vibrato and swells inside the sung note out of the guitar (measured variants: docs/experiments.md,
+    "Pluck envelope ablation"). The raw running minimum locked a note at a brief dip of the voice (a breath,
     a consonant), and the raw offset put a loud note's onset far above the voice for 50 ms and dropped it
     in one frame: the dip filling and the bounded, decaying accent remove both.
     """

@@ -102,7 +102,7 @@ MODEL_FLAG_HELP = {
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0] + "\n\nSee the module docstring "
-                                "(or README, "5. Train") for files, resume, W&B and DDP.",
+                                "(or README, '5. Train') for files, resume, W&B and DDP.",
                                 formatter_class=HelpFormatter)
     g = p.add_argument_group("data")
     g.add_argument("--data_dir", default="data/processed", help="folder of .pt files from preprocess.py (searched recursively)")

@@ -102,16 +102,11 @@ def _histogram_quantiles(counts: np.ndarray, levels: np.ndarray) -> np.ndarray:
 
 
 @dataclass
-class LiveSettings:
-    """Options of the causal auto-adjust (`CausalAdjust`); live.py's flags."""
-    auto: bool = True              # False: only octave, semitones and loudness offset
-    octave: int | None = 0         # whole octaves; None: auto (notes.auto_octave of the notes so far, at onsets)
-    semitones: float = 0.0
-    loudness_db: float = 0.0       # added to every frame at the end
-    note_threshold: float = 0.5    # periodicity needed for a note frame
-    quiet_db: float = 30.0         # non-note frames this far below the training set's softest notes
-    max_slope: float | None = 2.0  # loudness map's slope cap (notes.quantile_map)
-    envelope: str = "pluck"        # pluck: causal plucked-note envelope; voice: the voice's own
+class LiveSettings(notes.AdjustSettings):
+    """Options of the causal auto-adjust (`CausalAdjust`; live.py's flags): transfer's `notes.AdjustSettings`
+    (same fields and defaults; `pitch`, `floor_db` and `pluck_decay_db_per_s` are not used live), except that
+    the octave is fixed at 0 unless asked for (None: auto, `notes.auto_octave` of the notes so far, at onsets)."""
+    octave: int | None = 0
 
 
 class CausalAdjust:

@@ -29,6 +29,7 @@ import numpy as np
 import features
 from effects import add_fx_arguments, from_args as fx_from_args
 from pipeline import DEFAULT_CHECKPOINT, ROOT, resolve_checkpoint
+from notes import parse_octave
 from utils import HelpFormatter, UserError, apply_threads, atomic_write_wav, check_output_path, run_main
 
 SR = features.SAMPLE_RATE
@@ -83,7 +84,7 @@ def make_engine(args):
     model = load_model(ckpt, "cpu")
     settings = LiveSettings(semitones=args.semitones, envelope=args.envelope)
     engine = StreamingTransfer(model, args.block, pitch=args.pitch, octave=args.octave, settings=settings,
-                               adjust=not args.no_adjust, seed=args.seed, threads=args.threads)
+                               adjust=not args.no_adjust, seed=args.seed)
     return engine, fx
 
 
@@ -241,8 +242,7 @@ def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
     if args.block <= 0 or args.block % features.HOP:
         raise UserError(f"--block {args.block}: use a positive multiple of {features.HOP} (e.g. 256 = 16 ms)")
-    if args.octave != "auto" and not args.octave.lstrip("+-").isdigit():
-        raise UserError(f"--octave {args.octave}: use 'auto' or a whole number such as -1")
+    parse_octave(args.octave)  # a bad --octave stops here, before any device or model is opened
     if args.list_devices:
         print(device_list(import_sounddevice()).replace("; ", "\n"))
         return 0

@@ -39,7 +39,10 @@ def _runs(mask: np.ndarray):
     return list(zip(edges[::2], edges[1::2]))
 
 
-def default_floor_db(loudness_db: np.ndarray, relative_db: float = 40.0) -> float:
+FLOOR_RELATIVE_DB = 40.0  # note frames: at most this far below the 99th-percentile loudness
+
+
+def default_floor_db(loudness_db: np.ndarray, relative_db: float = FLOOR_RELATIVE_DB) -> float:
     """Loudness floor for notes: `relative_db` below the 99th-percentile loudness, at least -70 dB."""
     return max(ABS_FLOOR_DB, float(np.percentile(loudness_db, 99)) - relative_db)
 
@@ -600,15 +603,19 @@ def add_adjust_arguments(p: argparse.ArgumentParser) -> None:
                         "--semitones and --loudness_db still apply")
 
 
+def parse_octave(value: str) -> int | None:
+    """--octave: 'auto' -> None, a whole number -> int; anything else a UserError (one line)."""
+    if value == "auto":
+        return None
+    try:
+        return int(value)
+    except ValueError:
+        raise UserError(f"--octave {value}: use 'auto' or a whole number such as -1") from None
+
+
 def adjust_settings(args) -> AdjustSettings:
     """AdjustSettings from the flags of `add_adjust_arguments` (UserError for a bad --octave)."""
-    octave = None
-    if args.octave != "auto":
-        try:
-            octave = int(args.octave)
-        except ValueError:
-            raise UserError(f"--octave {args.octave}: use 'auto' or a whole number such as -1") from None
-    return AdjustSettings(auto=not args.no_adjust, octave=octave, semitones=args.semitones,
+    return AdjustSettings(auto=not args.no_adjust, octave=parse_octave(args.octave), semitones=args.semitones,
                           loudness_db=args.loudness_db, note_threshold=args.note_threshold,
                           floor_db=args.floor_db, quiet_db=args.quiet_db,
                           max_slope=args.max_expand if args.max_expand > 0 else None,

@@ -10,7 +10,7 @@ not depend on the block size:
     --> model.decode (whole decoder steps, S frames per engine step, GRU state carried)
     --> model.synthesize (oscillator phases carried, noise FIR and amplitude ramps rendered with a margin
         of frames, as model.render_chunked does) --> PartitionedConvolver (the learned reverb IR, uniformly
-        partitioned FFT convolution) --> output FIFO --> [effects.Effects]
+        partitioned FFT convolution) --> output FIFO   (live.py adds the amp, effects.Effects)
 
 Timing. The engine works on a fixed internal step of S frames, P = S * HOP samples (S = STEP_FRAMES = 4 rounded
 up to whole decoder steps: 4 for the bundled stride-1 model and for stride-4 models; fewer, larger calls are
@@ -167,7 +167,7 @@ class CausalAdjust:
             return f0 * 2.0 ** (s.octave or 0), loud + s.loudness_db
         for v in loud:
             self._count(self.all_counts, v)
-        floor = max(notes.ABS_FLOOR_DB, _histogram_quantiles(self.all_counts, np.array([0.99]))[0] - 40.0)
+        floor = max(notes.ABS_FLOOR_DB, _histogram_quantiles(self.all_counts, np.array([0.99]))[0] - notes.FLOOR_RELATIVE_DB)
         state = []
         for per, v in zip(periodicity, loud):               # note gating, frame by frame
             voiced = per >= s.note_threshold and v >= floor
@@ -250,25 +250,21 @@ class StreamingTransfer:
         pitch: a features.LIVE_PITCH_TRACKERS name, or a tracker object (features.live_pitch_tracker).
         octave: whole octaves added to the sung pitch, or "auto" (CausalAdjust._octave). settings: LiveSettings (its octave is replaced by
             `octave`); adjust=False: features go to the model unchanged apart from the octave.
-        fx: an effects.Effects (its state is carried too) or None.
         pitch_every: frames per pitch evaluation (a divisor of the step; gcd taken): one evaluation serves a
             group of frames and reads the window that ends `lookahead` after the group's LAST frame (the
             newest input the step may use), so a note's voicing is seen as early as the latency allows.
         seed: the synthesizer's noise.
         step_frames: frames per internal step (rounded up to whole decoder steps; default STEP_FRAMES):
             fewer, larger calls cost less CPU, each frame of it adds HOP samples of latency.
-        threads: torch CPU threads (set process-wide when > 0; one is fastest for batch-1 blocks).
         record: keep the per-frame features and noise (`self.trace`) for tests and plots.
     """
 
-    def __init__(self, model, block_size: int = 256, pitch=features.DEFAULT_LIVE_PITCH, octave: int | str = 0, fx=None,
+    def __init__(self, model, block_size: int = 256, pitch=features.DEFAULT_LIVE_PITCH, octave: int | str = 0,
                  settings: LiveSettings | None = None, adjust: bool = True, pitch_every: int = 4,
-                 seed: int = 0, threads: int = 1, record: bool = False, step_frames: int | None = None):
+                 seed: int = 0, record: bool = False, step_frames: int | None = None):
         if block_size <= 0 or block_size % HOP:
             raise ValueError(f"block_size must be a positive multiple of {HOP}, not {block_size}")
-        if threads and threads > 0:
-            torch.set_num_threads(threads)
-        self.model, self.block_size, self.fx, self.record = model, int(block_size), fx, record
+        self.model, self.block_size, self.record = model, int(block_size), record
         self.device = next(model.parameters()).device
         self.tracker = features.live_pitch_tracker(pitch, device=self.device) if isinstance(pitch, str) else pitch
         self.seed = seed
@@ -304,8 +300,6 @@ class StreamingTransfer:
         self.adjust.reset()
         if self.reverb is not None:
             self.reverb.reset()
-        if self.fx is not None:
-            self.fx.reset()
         self.trace = {"f0_in": [], "periodicity": [], "loudness_in": [], "f0_hz": [], "loudness_db": [], "white": []}
 
     # ---- input side ---------------------------------------------------------------------------------
@@ -330,7 +324,7 @@ class StreamingTransfer:
     @torch.inference_mode()
     def _run_step(self) -> None:
         """Features, adjust, decode and synthesize frames step*S .. step*S+S-1; appends P samples to self.out."""
-        S, first, dev = self.S, self.step * self.S, self.device
+        first, dev = self.step * self.S, self.device
         loud, f0, per = self._features(first)
         f0_a, ld_a = self.adjust.step(f0, per, loud)
         f0_m = torch.tensor(f0_a[None], dtype=torch.float32, device=dev)
@@ -389,7 +383,7 @@ class StreamingTransfer:
         if done > 0:
             self.out, self.out_start = self.out[done:], start + n
         self.emit_at += n
-        return self.fx.process(y) if self.fx is not None else y
+        return y
 
     def features_trace(self) -> dict:
         """The recorded per-frame features (record=True): dict of concatenated numpy arrays."""

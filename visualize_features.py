@@ -304,7 +304,6 @@ def plot_all(root: Path, files: list[Path], out_dir: Path) -> int:
             ok += 1
         except UserError as e:
             skipped.append(str(e))
-            tqdm.write(f"skipped {e}")
     print(f"wrote {ok} plots to {out_dir}" + (f"; skipped {len(skipped)}:" if skipped else ""))
     for why in skipped:
         print(f"  skipped {why}")

@@ -234,7 +234,7 @@ def plucked_melody():
     notes_ = [(0.25, 0.55, 52), (0.55, 0.95, 55), (1.1, 1.4, 57), (1.4, 1.7, 57), (1.9, 2.5, 60)]
     y = np.zeros(int(2.8 * SR), np.float32)
     for i, (on, off, midi) in enumerate(notes_):
-        tone = ks_pluck(440.0 * 2 ** ((midi - 69) / 12), off - on + 0.05, decay=0.996, seed=i)
+        tone = ks_pluck(float(features.midi_to_hz(midi)), off - on + 0.05, decay=0.996, seed=i)
         tone[-int(0.05 * SR):] *= np.linspace(1.0, 0.0, int(0.05 * SR))   # damped by the hand, no click
         a = int(on * SR)
         y[a:a + tone.size] += tone[: y.size - a]

@@ -18,6 +18,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from model import LEGACY_DEFAULTS
 from utils import UserError, atomic_path, torch_load
 
 CHECKPOINT_VERSION = 1
@@ -62,7 +63,9 @@ def write_checkpoint(state: dict, paths: list[Path]) -> None:
 
 def load_checkpoint(path: Path) -> dict:
     """Read a training checkpoint written by `write_checkpoint`; UserError (one line, with the fix) for
-    an unreadable file, a file that is not a training checkpoint, or another checkpoint version."""
+    an unreadable file, a file that is not a training checkpoint, or another checkpoint version. Config
+    keys added after the checkpoint was written get the value it was trained with (model.LEGACY_DEFAULTS),
+    so resume compares like with like."""
     try:
         ckpt = torch_load(path)
     except Exception as e:
@@ -74,6 +77,7 @@ def load_checkpoint(path: Path) -> dict:
     if ckpt["version"] != CHECKPOINT_VERSION:
         raise UserError(f"{path}: checkpoint version {ckpt['version']}, this train.py writes "
                         f"{CHECKPOINT_VERSION}; pass --fresh to start over")
+    ckpt["config"] = {**LEGACY_DEFAULTS, **ckpt["config"]}
     return ckpt
 
 
@@ -94,15 +98,16 @@ def check_resume_conflicts(ckpt: dict, path: Path, model_flags: dict, train_args
                             f"--{key} {old} to resume it, or --fresh to start a new run")
 
 
-def load_state(module, state_dict: dict, path: Path, what: str = "optimizer") -> None:
-    """`module.load_state_dict(state_dict)`; a mismatch (e.g. a config that does not match the weights)
-    becomes a one-line UserError naming `path` and the first mismatch, instead of a traceback."""
+def load_state(optimizer, state_dict: dict, path: Path) -> None:
+    """`optimizer.load_state_dict(state_dict)`; a mismatch (e.g. parameter groups of another model) becomes a
+    one-line UserError naming `path` and the first mismatch, instead of a traceback. (The model's weights go
+    through model.load_weights.)"""
     try:
-        module.load_state_dict(state_dict)
+        optimizer.load_state_dict(state_dict)
     except (RuntimeError, ValueError, KeyError) as e:
         detail = next((line.strip() for line in str(e).splitlines()[1:] if line.strip()),
                       str(e).splitlines()[0] if str(e) else type(e).__name__)
-        raise UserError(f"{path}: its {what} state does not match its config ({detail}); the file was "
+        raise UserError(f"{path}: its optimizer state does not match its config ({detail}); the file was "
                         f"edited or comes from another version: pass --fresh to start over") from None
 
 

@@ -464,16 +464,22 @@ def run_epoch(state: TrainState, train_ds, sampler, steps_per_epoch: int, stoppe
     return stop or (stopper.requested and state.batch_in_epoch < steps_per_epoch)
 
 
-def batch_loss(state: TrainState, batch: dict) -> torch.Tensor:
-    """The loss of one batch: resynthesis of each crop from its own f0 [B, F] Hz and loudness [B, F] dB,
-    zeroed where the crop is padding, against the crop's audio [B, F * HOP] (multi-resolution STFT loss)."""
+def crop_loss(state: TrainState, model, batch: dict) -> torch.Tensor:
+    """The loss of one batch: `model`'s resynthesis of each crop from its own f0 [B, F] Hz and loudness
+    [B, F] dB, zeroed where the crop is padding, against the crop's audio [B, F * HOP] (multi-resolution
+    STFT loss). Training and validation both use it."""
     device = state.device
     audio = batch["audio"].to(device, non_blocking=True)
     mask = batch["mask"].to(device, non_blocking=True).repeat_interleave(HOP, dim=1)  # 0 = padding
     with state.autocast():
-        pred = state.model(batch["f0_hz"].to(device, non_blocking=True),
-                           batch["loudness_db"].to(device, non_blocking=True))["audio"]
+        pred = model(batch["f0_hz"].to(device, non_blocking=True),
+                     batch["loudness_db"].to(device, non_blocking=True))["audio"]
     return state.loss_fn(pred.float() * mask, audio)
+
+
+def batch_loss(state: TrainState, batch: dict) -> torch.Tensor:
+    """The training loss of one batch (`crop_loss` through the DDP wrapper, if any)."""
+    return crop_loss(state, state.model, batch)
 
 
 def train_step(state: TrainState, batch: dict, stop_requested: bool) -> tuple[float, bool, float, bool]:
@@ -574,10 +580,7 @@ def validate(state: TrainState, val_ds) -> float | None:
     with torch.random.fork_rng(devices=devices):
         torch.manual_seed(state.args.seed)
         for batch in DataLoader(val_ds, batch_size=state.args.batch_size, shuffle=False, num_workers=0):
-            mask = batch["mask"].to(device).repeat_interleave(HOP, dim=1)
-            with state.autocast():
-                pred = model(batch["f0_hz"].to(device), batch["loudness_db"].to(device))["audio"]
-            loss = state.loss_fn(pred.float() * mask, batch["audio"].to(device))
+            loss = crop_loss(state, model, batch)
             total += loss.item() * len(batch["audio"])
             count += len(batch["audio"])
     model.train()

@@ -46,7 +46,7 @@ Pipeline, per input:
       200 ms ignored, so the guitar note stops or fades when the singer does, never swells back, and
       rings on through a breath; the onset may exceed that cap by at most 6 dB, an accent that decays
       with a 40 ms time constant. A checkpoint without the statistic
-      (made before it existed; add it with `train.py --update_stats`) uses a straight decay of 20 dB/s
+      (made before it existed; add it with `update_stats.py`) uses a straight decay of 20 dB/s
       from the sung onset level instead, and so does an explicit --pluck_decay DB (that many dB/s); the
       cap applies either way. A hummed note swells and sustains, which rendered as-is sounds bowed;
       --envelope voice keeps the voice's envelope (how much each choice brings on held-out

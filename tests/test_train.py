@@ -529,3 +529,19 @@ def test_data_warnings_are_one_plain_line(data_dir, tmp_path):
     lines = [line for line in res.stderr.splitlines() if "silent.pt" in line]
     assert lines == [f"{data / 'silent.pt'}: silent throughout (below -70.0 dB); left out of the train split"]
     assert "Warning" not in res.stderr and "warn(" not in res.stderr
+
+
+def test_checkpoint_from_before_decoder_stride_resumes_as_stride_1(tmp_path):
+    """A training checkpoint written before `decoder_stride` existed has no such key: it was trained with the
+    every-frame decoder, so `--decoder_stride 1` resumes it and the new default is refused with the flag."""
+    from checkpoints import CHECKPOINT_VERSION, REQUIRED_KEYS, check_resume_conflicts, load_checkpoint
+
+    path = tmp_path / "latest.pth"
+    ckpt = {k: {} for k in REQUIRED_KEYS}
+    ckpt.update(version=CHECKPOINT_VERSION, epoch=1, step=3, config={"hidden_size": 32})
+    torch.save(ckpt, path)
+    loaded = load_checkpoint(path)
+    assert loaded["config"]["decoder_stride"] == 1
+    check_resume_conflicts(loaded, path, {"decoder_stride": 1}, {})
+    with pytest.raises(UserError, match="--decoder_stride 1 to resume"):
+        check_resume_conflicts(loaded, path, {"decoder_stride": 4}, {})

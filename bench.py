@@ -264,8 +264,9 @@ def render(net, f0, loud):
 def bench_inference(args, device, clock) -> dict:
     """Batch 1, 4 s: the full model, the synthesizer alone (ours' controls), the decoder alone."""
     a = argparse.Namespace(**{**vars(args), "batch_size": 1, "seconds": 4.0})
-    nets = {name: build(a, device, name)[0].eval() for name in IMPLS}
-    net, (_, _, _, f0, loud, _) = nets["ours"], build(a, device)
+    built = {name: build(a, device, name) for name in IMPLS}
+    nets = {name: b[0].eval() for name, b in built.items()}
+    net, f0, loud = nets["ours"], built["ours"][3], built["ours"][4]
     seconds = f0.shape[1] * net.hop / net.config["sample_rate"]
 
     def timed(fn, bank="ours"):

@@ -72,7 +72,7 @@ from data import NeuralGuitarDataset
 from features import HOP
 from loss import MultiResolutionSTFTLoss
 from model import STATS_KEYS
-from utils import (GracefulStop, HelpFormatter, UserError, add_device_arguments, apply_threads, check_output_path,
+from utils import (GracefulStop, HelpFormatter, seeded_eval, UserError, add_device_arguments, apply_threads, check_output_path,
                    pick_device, run_main)
 
 # model config keys exposed as flags: everything in model.DEFAULT_CONFIG except what the data fixes
@@ -573,17 +573,12 @@ def validate(state: TrainState, val_ds) -> float | None:
     RNG seeded with --seed, so the noise is the same every epoch and training's RNG is untouched."""
     if val_ds is None or len(val_ds) == 0:
         return None
-    model, device = state.raw_model, state.device
-    model.eval()
-    devices = [device.index or 0] if device.type == "cuda" else []
     total, count = 0.0, 0
-    with torch.random.fork_rng(devices=devices):
-        torch.manual_seed(state.args.seed)
+    with seeded_eval(state.raw_model, state.args.seed, state.device) as model:
         for batch in DataLoader(val_ds, batch_size=state.args.batch_size, shuffle=False, num_workers=0):
             loss = crop_loss(state, model, batch)
             total += loss.item() * len(batch["audio"])
             count += len(batch["audio"])
-    model.train()
     return total / count
 
 

@@ -85,6 +85,21 @@ def check_output_path(path: str | os.PathLike, flag: str, is_dir: bool = False) 
     return p
 
 
+@contextmanager
+def seeded_eval(model, seed: int, device: torch.device) -> Iterator:
+    """`model` in eval mode under a forked RNG seeded with `seed` (CPU, and `device` when CUDA), back in
+    train mode afterwards: evaluation whose noise is the same every time and leaves the caller's random
+    stream untouched (validation, W&B audio examples)."""
+    devices = [device.index or 0] if device.type == "cuda" else []
+    model.eval()
+    try:
+        with torch.random.fork_rng(devices=devices):
+            torch.manual_seed(seed)
+            yield model
+    finally:
+        model.train()
+
+
 def atomic_torch_save(obj, path: str | os.PathLike) -> None:
     """`torch.save(obj, path)` that never leaves a partial file at `path`."""
     with atomic_path(path) as tmp:

@@ -18,6 +18,7 @@ import numpy as np
 import torch
 
 from features import SAMPLE_RATE
+from utils import seeded_eval
 
 REACH_TIMEOUT_S = 3.0   # the reachability request to the W&B server
 INIT_TIMEOUT_S = 20.0   # wandb.init's own limit (wandb.Settings(init_timeout)), unless WANDB_INIT_TIMEOUT is set
@@ -137,12 +138,8 @@ def audio_example(model, dataset, seed: int, device) -> dict:
     import wandb
 
     item = dataset.example()
-    model.eval()
-    devices = [device.index or 0] if device.type == "cuda" else []
-    with torch.random.fork_rng(devices=devices):
-        torch.manual_seed(seed)
+    with seeded_eval(model, seed, device):
         recon = model(item["f0_hz"][None].to(device), item["loudness_db"][None].to(device))["audio"][0]
-    model.train()
     original = item["audio"].numpy()
     recon = recon.float().cpu().numpy()
     fig = spectrogram_figure(original, recon)

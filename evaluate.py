@@ -154,13 +154,15 @@ def resynthesis_metrics(reference: np.ndarray, output: np.ndarray, f0_ref: np.nd
 
 
 # Onset detector of the output (independent of the transfer's note list): librosa's spectral flux on a
-# 64-band log-mel spectrogram (lag 2 frames, no frequency max-filter), peaks picked on the raw (not
-# normalised) envelope, so steady noise gives no onsets. Tuned once on the guitar targets of the tuning
-# half (FluidR3 and TimGM6mb renderings): see `onset_times`.
+# 64-band log-mel spectrogram of short (32 ms) frames, lag 1 frame, no frequency max-filter; peaks picked
+# on the raw (not normalised) envelope, so steady noise gives no onsets. Chosen once on the guitar targets
+# of the tuning half (FluidR3 and TimGM6mb renderings) and white noise, for the smallest timing bias
+# among the settings that find every target onset: docs/experiments.md, "Onset detector".
+ONSET_N_FFT = 512             # samples (32 ms); librosa's default 2048 (128 ms) puts onsets ~30 ms late
 ONSET_HOP = 128               # samples (8 ms)
-ONSET_LAG = 2                 # frames between the compared spectra
+ONSET_LAG = 1                 # frames between the compared spectra
 ONSET_N_MELS = 64
-ONSET_DELTA = 1.5             # peak must exceed the local mean envelope by this much (dB-flux units)
+ONSET_DELTA = 2.5             # peak must exceed the local mean envelope by this much (dB-flux units)
 ONSET_WAIT_S = 0.05           # at most one onset per 50 ms
 ONSET_WINDOW_S = 0.05         # mir_eval.onset.f_measure tolerance
 PITCH_TRIM_S = 0.03           # raw pitch accuracy skips this much at each end of a MIDI note
@@ -176,7 +178,7 @@ def onset_times(audio: np.ndarray, sr: int = features.SAMPLE_RATE) -> np.ndarray
     if peak <= 0:
         return np.zeros(0)
     x = x * (10.0 ** (PEAK_DBFS / 20.0) / peak)  # same level rule as the transfer output
-    env = librosa.onset.onset_strength(y=x, sr=sr, hop_length=ONSET_HOP, lag=ONSET_LAG, max_size=1,
+    env = librosa.onset.onset_strength(y=x, sr=sr, n_fft=ONSET_N_FFT, hop_length=ONSET_HOP, lag=ONSET_LAG, max_size=1,
                                        n_mels=ONSET_N_MELS, fmax=sr / 2)
     wait = int(round(ONSET_WAIT_S * sr / ONSET_HOP))
     return librosa.onset.onset_detect(onset_envelope=env, sr=sr, hop_length=ONSET_HOP, normalize=False,

@@ -270,6 +270,10 @@ CHANGE_SEMITONES = 0.6         # a new note where the averaged pitch 100 ms afte
 MIN_SEGMENT_FRAMES = 15        # a pitch segment shorter than 60 ms is a slide or a scoop, not a note
 PITCH_BACKTRACK_SEMITONES = 0.3  # a legato note starts where the pitch first left the previous note by this
 BACKTRACK_FRAMES = 20          # ... looking back at most 80 ms from the change
+TRANSITION_DROP = 0.05         # a legato change starts where the periodicity first fell this far below the
+                               # previous note's median periodicity ...
+TRANSITION_FRAMES = 25         # ... looking back at most 100 ms from the pitch change ...
+TRANSITION_AHEAD_FRAMES = 5    # ... from the periodicity minimum within 20 ms after the change or before it
 DIP_DB = 12.0                  # a re-attack on the same pitch: the loudness falls this much and rises again
 DIP_SMOOTH_FRAMES = 5          # loudness smoothing for the dip search (20 ms)
 DIP_SPAN_FRAMES = 40           # ... the fall and the rise within 160 ms on either side of the dip
@@ -329,6 +333,30 @@ def pitch_changes(midi: np.ndarray, change: float = CHANGE_SEMITONES,
     return starts
 
 
+def transition_start(periodicity: np.ndarray, change: int, previous: int, drop: float = TRANSITION_DROP,
+                     frames: int = TRANSITION_FRAMES) -> int:
+    """Where a legato note change found at frame `change` (`pitch_changes`) began, by the periodicity
+    ([n] 0..1, one note run; the previous note starts at frame `previous`): from the periodicity minimum
+    within `frames` frames before the change to TRANSITION_AHEAD_FRAMES after it, back to the first frame
+    that is more than `drop` below the previous note's median periodicity (at most `frames` frames before
+    the change); `change` itself where the periodicity does not dip. Returns a frame index <= change.
+
+    Why: while a singer moves from one pitch to the next, the old and the new pitch overlap (or the voice
+    glides) and the sound is less periodic; that starts when the new note starts, while the pitch track
+    (a median over both) moves only once the new pitch dominates, 30-60 ms later on a slow attack.
+    """
+    p = np.asarray(periodicity, np.float64)
+    lo = max(int(previous), change - int(frames))
+    level = float(np.median(p[previous:max(previous + 1, lo)]))
+    s = lo + int(np.argmin(p[lo:change + TRANSITION_AHEAD_FRAMES]))
+    if p[s] >= level - drop:          # no dip: the change starts where the pitch moved
+        return change
+    s = min(s, change)
+    while s - 1 > lo and p[s - 1] < level - drop:
+        s -= 1
+    return s
+
+
 def _stable_frames(midi: np.ndarray) -> int:
     """Frames of a pitch piece ([n] MIDI) within PITCH_BACKTRACK_SEMITONES of its median: a slide or a
     scoop has few, a held note (vibrato averaged by the caller's median filter or not) has many."""
@@ -361,7 +389,8 @@ def track_notes(f0_hz: np.ndarray, periodicity: np.ndarray, loudness_db: np.ndar
 
     Note runs are `detect_notes` frames with gaps up to `gap_frames` closed (or `note`, bool [F]); a run
     is split where the sung pitch moves to a new level (`pitch_changes`: vibrato averages out, scoops and
-    slides shorter than MIN_SEGMENT_FRAMES do not split it) and where the
+    slides shorter than MIN_SEGMENT_FRAMES do not split it; the new note starts where the voice's
+    periodicity shows the change began, `transition_start`) and where the
     loudness dips and rises again on the same pitch (`reattacks`: a re-attack, a breath, a consonant).
     f0_hz, periodicity, loudness_db: [F] (Hz, 0..1, dB).
     """
@@ -373,7 +402,8 @@ def track_notes(f0_hz: np.ndarray, periodicity: np.ndarray, loudness_db: np.ndar
     midi = features.hz_to_midi(np.maximum(f0, 1.0))
     segments = []
     for a, b in _runs(note):
-        cuts = {a + c for c in pitch_changes(midi[a:b])}
+        changes = pitch_changes(midi[a:b])
+        cuts = {a + transition_start(per[a:b], c, prev) for prev, c in zip([0] + changes[:-1], changes)}
         cuts |= {a + c for c in reattacks(loud[a:b])}
         bounds = _merge_short(sorted({a, b} | cuts), MIN_SEGMENT_FRAMES)
         segments += list(zip(bounds[:-1], bounds[1:]))

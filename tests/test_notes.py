@@ -63,6 +63,21 @@ def test_deep_fast_vibrato_does_not_split_a_note():
         assert est.size == truth.size and np.all(np.abs(est - truth) < 0.03), (cents, hz, est)
 
 
+def test_legato_step_starts_where_the_periodicity_dip_begins():
+    """The pitch track moves 40 ms after the sung change (the new pitch takes over late on a slow
+    attack), while the periodicity dips from the change on: the note starts at the dip's start."""
+    f0, per, loud, truth = sung_melody()
+    t = np.arange(f0.size) / FR
+    midi = features.hz_to_midi(f0)
+    midi[(t >= 0.8) & (t < 0.84)] = 60.0                                 # pitch still C4 until 0.84 s
+    per[(t >= 0.8) & (t < 0.86)] = 0.5                                   # the transition: less periodic
+    est = onsets_of(notes.track_notes(features.midi_to_hz(midi), per, loud), loud)
+    assert est.size == truth.size and np.all(np.abs(est - truth) < 0.03) and abs(est[1] - 0.8) < 0.012, est
+    per[(t >= 0.8) & (t < 0.86)] = 0.9                                   # no dip: the pitch change decides
+    est = onsets_of(notes.track_notes(features.midi_to_hz(midi), per, loud), loud)
+    assert abs(est[1] - 0.84) < 0.012, est
+
+
 def test_pluck_envelope_and_held_pitch_follow_the_tracked_notes():
     """Through adjust_features: one held pitch per tracked note, and one pluck (a fresh onset) at each."""
     f0, per, loud, truth = sung_melody()

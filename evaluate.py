@@ -367,9 +367,9 @@ def note_metrics(x: np.ndarray, out: np.ndarray, target: np.ndarray, f0_in: np.n
                  args, device) -> dict:
     """Note placement against the MIDI truth: onset F-measure (`onset_times`, `onset_f_measure`) of the
     output, the voice input and the guitar target, and raw pitch accuracy (`truth_pitch_accuracy`) of the
-    output (CREPE `args.crepe` on it) and of the input (its CREPE f0 [F], as the transfer saw it)."""
+    output (CREPE `args.pitch_crepe` on it) and of the input (its CREPE f0 [F], as the transfer saw it)."""
     ref_on = np.array([n["onset_s"] for n in truth["notes"]])
-    f0_out, _ = features.compute_f0(out, args.crepe, device)
+    f0_out, _ = features.compute_f0(out, args.pitch_crepe, device)
     return {"onset_f_output": onset_f_measure(ref_on, onset_times(out)),
             "onset_f_input": onset_f_measure(ref_on, onset_times(x)),
             "onset_f_target": onset_f_measure(ref_on, onset_times(target)),
@@ -506,7 +506,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--input_dir", default=None, help="pairs: folder of inputs (e.g. voice)")
     p.add_argument("--target_dir", default=None, help="pairs: folder of targets with the same names (e.g. guitar)")
     p.add_argument("--crepe", choices=("tiny", "full"), default="tiny",
-                   help="CREPE model for features and for the output's pitch: tiny (default, fast) or full (accurate)")
+                   help="CREPE model for features (the transfer's input, as transfer.py --crepe) and for the "
+                        "resynthesis output's pitch: tiny (default, fast) or full (accurate)")
+    p.add_argument("--pitch_crepe", choices=("tiny", "full"), default="full",
+                   help="pairs: CREPE model that measures the transfer output's pitch against the MIDI truth "
+                        "(full: the accurate reference; tiny: ~10x faster)")
     adjust = p.add_argument_group("pairs: transfer auto-adjust (as in transfer.py)")
     notes.add_adjust_arguments(adjust)
     p.add_argument("--limit", type=int, default=None, help="evaluate only the first N files / pairs")
@@ -562,7 +566,7 @@ def main(argv=None) -> int:
     from model import load_model
 
     model = load_model(ckpt, device)
-    report = {"checkpoint": str(ckpt), "crepe": args.crepe, "device": str(device),
+    report = {"checkpoint": str(ckpt), "crepe": args.crepe, "pitch_crepe": args.pitch_crepe, "device": str(device),
               "baseline": "sine at the input f0, per-frame amplitude matching the input's A-weighted loudness",
               "metrics": {"mss": "loss.MultiResolutionSTFTLoss, lower is better",
                           "f0_cents": "median |cents| output vs input f0 on note frames voiced in the output",

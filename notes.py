@@ -30,6 +30,8 @@ ONSET_RISE_FRAMES = 25        # ... looking back at most 100 ms (the periodicity
 CAP_DIP_FRAMES = 50           # the sustain cap ignores dips of the sung loudness shorter than 200 ms ...
 ACCENT_DB = 6.0               # ... and a pluck's onset exceeds the cap by at most 6 dB, ...
 ACCENT_TAU_FRAMES = 10        # ... an excess that decays with a 40 ms time constant
+RELEASE_FRAMES = 3            # a note that follows another without a rest: the one before falls over 12 ms ...
+RELEASE_DB = 20.0             # ... by up to 20 dB before the new pluck
 
 
 def _runs(mask: np.ndarray):
@@ -187,7 +189,8 @@ def pluck_envelope(loudness_db: np.ndarray, note: np.ndarray, f0_hz: np.ndarray,
                    decay_db_per_s: float = PLUCK_DECAY_DB_PER_S, attack_frames: int = PLUCK_ATTACK_FRAMES,
                    sung_loudness_db: np.ndarray | None = None, dip_frames: int = CAP_DIP_FRAMES,
                    accent_db: float = ACCENT_DB, accent_tau_frames: float = ACCENT_TAU_FRAMES,
-                   segments: list | None = None) -> np.ndarray:
+                   segments: list | None = None, release_frames: int = RELEASE_FRAMES,
+                   release_db: float = RELEASE_DB) -> np.ndarray:
     """Replace each sung note's loudness by a plucked string's. [F] dB -> [F] dB (float64).
 
     Per note (`segments` [(a, b)], e.g. `track_notes`; None: `note_segments`, frames a..b): onset (k, level) = `note_onset` of `loudness_db`; a note after a
@@ -201,7 +204,9 @@ def pluck_envelope(loudness_db: np.ndarray, note: np.ndarray, f0_hz: np.ndarray,
     momentary dip does not end it; the cap is raised by an attack accent of `accent_db` that decays as
     exp(-t / `accent_tau_frames`) from a + k, and the frames before a + k are capped at the cap's first
     value + `accent_db`: the onset offset can lift an onset at most `accent_db` above the sung level, and
-    the note falls from there to the cap within ~100 ms instead of in one frame.
+    the note falls from there to the cap within ~100 ms instead of in one frame. A note that starts where
+    the one before ends (legato) gets a release first: the last `release_frames` frames of the note before
+    fall linearly by up to `release_db`.
     `learned` brings its own `attack_frames` (the statistic's onset rule).
     Frames outside notes (except those before a note's start) are returned unchanged. f0_hz: [F] Hz.
 
@@ -213,7 +218,9 @@ def pluck_envelope(loudness_db: np.ndarray, note: np.ndarray, f0_hz: np.ndarray,
     keeps vibrato and swells inside the sung note out of the guitar (measured variants: docs/experiments.md,
     "Pluck envelope ablation"). The raw running minimum locked a note at a brief dip of the voice (a breath,
     a consonant), and the raw offset put a loud note's onset far above the voice for 50 ms and dropped it
-    in one frame: the dip filling and the bounded, decaying accent remove both.
+    in one frame: the dip filling and the bounded, decaying accent remove both. A guitarist's pick stops the
+    string before it plucks the next note; without that release a legato change was a few dB step in the
+    synth's sustain, which a listener (and an onset detector) hardly hears as a new note.
     """
     x = np.asarray(loudness_db, np.float64)
     f0 = np.asarray(f0_hz, np.float64)
@@ -239,6 +246,9 @@ def pluck_envelope(loudness_db: np.ndarray, note: np.ndarray, f0_hz: np.ndarray,
         accent = accent_db * np.exp(-np.arange(cap.size) / max(float(accent_tau_frames), 1e-9))
         y[kk:] = np.minimum(y[kk:], cap + accent)
         out[s:b] = y
+        if s == previous_end and s > 0 and release_frames > 0:      # legato: the pick stops the string first
+            r = min(int(release_frames), s)
+            out[s - r:s] -= np.linspace(release_db / r, release_db, r)
         previous_end = b
     return out
 

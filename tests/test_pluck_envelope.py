@@ -386,3 +386,25 @@ def test_statistic_stores_the_median_onset_level():
     stat = data.pluck_envelope_statistic([f])
     assert stat["notes"] == [3]
     assert stat["onset_db_median"] == pytest.approx(-10.0, abs=1e-5)
+
+
+def test_a_legato_note_is_preceded_by_a_release_of_the_note_before():
+    """Two legato notes (the second starts where the first ends): the first note's last RELEASE_FRAMES
+    frames fall linearly, by RELEASE_DB at the frame before the new pluck; nothing else changes. A note
+    after a rest gets no release (there is nothing to stop)."""
+    F, r = 400, 3                                       # the defaults: 3 frames (12 ms), 20 dB
+    note = np.zeros(F, bool)
+    note[100:300] = True
+    loud = np.where(note, -20.0, -75.0)
+    f0 = np.full(F, midi_hz(60.0))
+    f0[200:] = midi_hz(62.0)
+    plain = notes.pluck_envelope(loud, note, f0, LINEAR, release_frames=0)
+    out = notes.pluck_envelope(loud, note, f0, LINEAR)
+    drop = plain - out
+    np.testing.assert_allclose(drop[200 - r:200], [20.0 / 3, 40.0 / 3, 20.0])
+    drop[200 - r:200] = 0.0
+    np.testing.assert_array_equal(drop, 0.0)
+    assert out[199] < out[200] - 20.0                   # the pluck starts from the released string
+    single = np.full(F, f0[0])                          # one note: no release anywhere
+    np.testing.assert_array_equal(notes.pluck_envelope(loud, note, single, LINEAR),
+                                  notes.pluck_envelope(loud, note, single, LINEAR, release_frames=0))

@@ -158,7 +158,7 @@ def resynthesis_metrics(reference: np.ndarray, output: np.ndarray, f0_ref: np.nd
 # on the raw (not normalised) envelope, so steady noise gives no onsets. Chosen once on the guitar targets
 # of the tuning half (FluidR3 and TimGM6mb renderings) and white noise, for the smallest timing bias
 # among the settings that find every target onset: docs/experiments.md, "Onset detector".
-ONSET_N_FFT = 512             # samples (32 ms); librosa's default 2048 (128 ms) puts onsets ~30 ms late
+ONSET_N_FFT = 512             # samples (32 ms); librosa's default 2048 (128 ms) put onsets 20-35 ms late
 ONSET_HOP = 128               # samples (8 ms)
 ONSET_LAG = 1                 # frames between the compared spectra
 ONSET_N_MELS = 64
@@ -178,8 +178,8 @@ def onset_times(audio: np.ndarray, sr: int = features.SAMPLE_RATE) -> np.ndarray
     if peak <= 0:
         return np.zeros(0)
     x = x * (10.0 ** (PEAK_DBFS / 20.0) / peak)  # same level rule as the transfer output
-    env = librosa.onset.onset_strength(y=x, sr=sr, n_fft=ONSET_N_FFT, hop_length=ONSET_HOP, lag=ONSET_LAG, max_size=1,
-                                       n_mels=ONSET_N_MELS, fmax=sr / 2)
+    env = librosa.onset.onset_strength(y=x, sr=sr, n_fft=ONSET_N_FFT, hop_length=ONSET_HOP, lag=ONSET_LAG,
+                                       max_size=1, n_mels=ONSET_N_MELS, fmax=sr / 2)
     wait = int(round(ONSET_WAIT_S * sr / ONSET_HOP))
     return librosa.onset.onset_detect(onset_envelope=env, sr=sr, hop_length=ONSET_HOP, normalize=False,
                                       delta=ONSET_DELTA, wait=wait, pre_max=3, post_max=3, pre_avg=10,

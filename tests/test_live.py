@@ -28,11 +28,11 @@ def test_simulate_end_to_end(tmp_path):
     r = _run([str(ROOT / "live.py"), "--simulate", str(src), "-o", str(dst), "--fx", "none", "--block", "256"])
     assert r.returncode == 0, r.stderr
     line = r.stdout.strip().splitlines()[-1]
-    assert "latency 32.0 ms" in line and "p99" in line and "xruns" in line, line
+    assert "latency 24.0 ms" in line and "p99" in line and "xruns" in line, line   # block 256: 384 samples
     y, sr = sf.read(dst, dtype="float32")
-    assert sr == SR and y.size == x.size + 512            # the input's length plus the engine's latency
+    assert sr == SR and y.size == x.size + 384            # the input's length plus the engine's latency
     assert np.abs(y).max() > 1e-3
-    assert abs((onset_sample(y) - onset_sample(x)) - 512) <= 256     # the guitar answers the voice's onset
+    assert abs((onset_sample(y) - onset_sample(x)) - 384) <= 256     # the guitar answers the voice's onset
     assert sorted(p.name for p in dst.parent.iterdir()) == ["guitar.wav"]   # no temp file left
 
 

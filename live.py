@@ -35,7 +35,7 @@ from utils import HelpFormatter, UserError, apply_threads, atomic_write_wav, che
 SR = features.SAMPLE_RATE
 RESAMPLE_QUALITY = "QQ"   # soxr "quick" (cubic): its stream flows block by block. HQ/MQ release their output in
                           # bursts of several blocks and LQ lags about one: voice -> guitar through a fake 48 kHz card
-                          # measured 94 (MQ), 68 (LQ) and 46 ms (QQ), of which the engine was then 32 ms (now 24 ms at block 256, streaming.py)
+                          # measured 94 (MQ), 68 (LQ) and 46 ms (QQ), of which the engine was then 32 ms (24 ms since)
 PORTAUDIO_FIX = ("install PortAudio (Debian/Ubuntu: sudo apt-get install libportaudio2; macOS: brew install "
                  "portaudio), or run without a sound card: live.py --simulate in.wav -o out.wav")
 

@@ -27,7 +27,7 @@ from pathlib import Path
 import numpy as np
 
 import features
-from effects import add_fx_arguments, from_args as fx_from_args
+from effects import LIVE_DEFAULT as FX_DEFAULT, add_fx_arguments, from_args as fx_from_args
 from pipeline import DEFAULT_CHECKPOINT, ROOT, resolve_checkpoint
 from notes import parse_octave
 from utils import HelpFormatter, UserError, apply_threads, atomic_write_wav, check_output_path, run_main
@@ -63,7 +63,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--gain", type=float, default=0.0, help="gain in dB on the guitar before the effects")
     p.add_argument("--monitor", type=float, default=None, metavar="DB",
                    help="mix the dry voice into the output at this level (dB); default: off")
-    add_fx_arguments(p, default="clean")
+    add_fx_arguments(p, default=FX_DEFAULT)
     p.add_argument("--simulate", metavar="IN", default=None, help="feed this audio file instead of a microphone")
     p.add_argument("-o", "--output", default=None, help="with --simulate: the output WAV file (16 kHz)")
     p.add_argument("--realtime", action="store_true", help="with --simulate: pace the blocks at real time")

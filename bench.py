@@ -548,7 +548,8 @@ def print_report(r: dict) -> None:
     load = r.get("load_average_start")
     if busy(load):
         print(f"note: the machine was busy (load average {load[0]:.1f} on {os.cpu_count()} CPUs): absolute times "
-              f"are inflated; ratios are steadier (ours and the reference alternate)")
+              "are inflated" + ("; ratios are steadier (ours and the reference alternate)" if "train_step" in r else
+                                " (p99 most: other processes preempt single blocks)"))
     print(f"total bench time {r['bench_seconds']:.0f} s")
 
 
@@ -617,7 +618,7 @@ def print_live(lv: dict, t: dict) -> None:
     if "realtime_xruns" in lv:
         print(f"live.py --simulate --realtime, {lv['realtime_seconds']:.0f} s: {lv['realtime_xruns']} xruns "
               f"[{verdict(lv['realtime_xruns'] == 0)}] (load average {lv['realtime_load_start']} -> "
-              f"{lv['realtime_load_end']})")
+              f"{lv['realtime_load_end']}); its status: {lv['realtime_status'].split(': ', 1)[1]}")
 
 
 def parse_args(argv):

@@ -153,6 +153,7 @@ class CausalAdjust:
         self.note_counts = np.zeros(len(HIST_EDGES) - 1)
         self.in_note, self.gap, self.since_end = False, 0, 10 ** 9
         self.onsets: list[float] = []
+        self.offset = 0.0  # dB added to every note's level: training's median onset - the running median
         self.note_midis: list[float] = []
         self.octave = 0
         self.note = None   # current pluck: dict(t, level, peak_t, cap, midi, change)
@@ -227,14 +228,13 @@ class CausalAdjust:
             n.update(level=mapped, peak_t=n["t"], cap=mapped)
         if n["t"] == self.attack - 1:
             self.onsets.append(n["level"])
+            median = self.learned.get("onset_db_median") if self.learned else None
+            if median is not None:                      # changes only when an onset is added
+                self.offset = float(median) - float(np.median(self.onsets[-50:]))
         n["cap"] = min(n["cap"], mapped)
-        median = self.learned.get("onset_db_median") if self.learned else None
-        offset = 0.0
-        if median is not None and self.onsets:
-            offset = float(median) - float(np.median(self.onsets[-50:]))
         if n["t"] >= len(n["curve"]):                   # the note's curve, extended by doubling (amortised O(1))
             n["curve"] = notes.pluck_curve(max(2 * len(n["curve"]), 256), n["midi"], self.learned)
-        y = n["level"] + offset + n["curve"][n["t"]]
+        y = n["level"] + self.offset + n["curve"][n["t"]]
         accent = notes.ACCENT_DB * math.exp(-(n["t"] - n["peak_t"]) / notes.ACCENT_TAU_FRAMES)
         n["t"] += 1
         return min(y, n["cap"] + accent)

@@ -31,9 +31,9 @@ leaves and how late, never what it is: output sample t equals the offline render
 features at sample t - latency_samples (tests check both). On a sound card the block's own buffering (one
 block) and the resamplers add to it (live.py).
 
-Measured (an onset of a sung-like test tone in, the guitar's onset out, on the audio): the default tracker
-(PESTO) answers within ~40 samples of latency_samples; CREPE tiny ~270 samples later, since its periodicity
-passes the note gate one 16 ms pitch evaluation later.
+Measured (an onset of a sung-like test tone in, the guitar's onset out, on the audio; bench.py's live section):
+the default tracker (PESTO) answers within ~50 samples of latency_samples; CREPE tiny ~270 samples later, since
+its periodicity passes the note gate one 16 ms pitch evaluation later.
 
 Pitch is evaluated once per group of `pitch_every` frames (4 = every 16 ms), on the window that ends
 `lookahead` after the group's last frame, and serves the whole group: a live tracker costs milliseconds per

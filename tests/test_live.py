@@ -1,5 +1,5 @@
-"""live.py: --simulate end to end (subprocess), --realtime xrun counting, the warm-up, and the one-line errors (bad device, missing PortAudio,
-missing plugin) that leave nothing behind."""
+"""live.py: --simulate end to end (subprocess), --realtime xrun counting, the warm-up, and the one-line
+errors (bad device, missing PortAudio, missing plugin) that leave nothing behind."""
 from __future__ import annotations
 
 import os

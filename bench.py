@@ -479,19 +479,33 @@ def bench_live_latency(net, tracker, block: int = LIVE_BLOCK) -> dict:
             "block_io_ms": io_ms, "total_ms_median": float(np.median(ms)) + io_ms}
 
 
+RUSAGE_TAG = "BENCH_CHILD_MAXRSS_KB "
+RUSAGE_HELPER = (  # a small Python between bench and the measured process (see child_peak_rss)
+    "import os, sys\n"
+    "pid = os.fork()\n"
+    "if pid == 0:\n"
+    "    os.execv(sys.executable, [sys.executable, *sys.argv[1:]])\n"
+    "_, status, usage = os.wait4(pid, 0)\n"
+    f"print({RUSAGE_TAG!r} + str(usage.ru_maxrss), flush=True)\n"
+    "sys.exit(os.waitstatus_to_exitcode(status))\n")
+
+
 def child_peak_rss(argv: list[str]) -> tuple[float, str]:
-    """Run `python argv` in a child process: (its peak RSS in MiB from wait4's ru_maxrss, which includes
-    the interpreter's exit, its last output line). RuntimeError with its last line if it fails."""
+    """Run `python argv` in a child process: (its peak RSS in MiB, wait4's ru_maxrss, which includes the
+    interpreter's exit; its last output line). A process started straight from this one would inherit
+    this process's peak at exec (Linux records the old memory map's high-water mark), so a small helper
+    Python forks it and reports it. RuntimeError with the last line if it fails."""
     with tempfile.TemporaryFile() as log:
-        proc = subprocess.Popen([sys.executable, *argv], stdout=log, stderr=subprocess.STDOUT, cwd=ROOT)
-        _, status, usage = os.wait4(proc.pid, 0)
-        proc.returncode = os.waitstatus_to_exitcode(status)
+        proc = subprocess.run([sys.executable, "-c", RUSAGE_HELPER, *argv], stdout=log, stderr=subprocess.STDOUT,
+                              cwd=ROOT)
         log.seek(0)
         lines = log.read().decode(errors="replace").strip().splitlines() or ["no output"]
-    if proc.returncode:
+    rss = [line for line in lines if line.startswith(RUSAGE_TAG)]
+    lines = [line for line in lines if not line.startswith(RUSAGE_TAG)] or ["no output"]
+    if proc.returncode or not rss:
         raise RuntimeError(f"{' '.join(argv)} failed (exit {proc.returncode}): {lines[-1]}")
-    rss = usage.ru_maxrss / 2**20 if sys.platform == "darwin" else usage.ru_maxrss / 1024
-    return rss, lines[-1]
+    kb = int(rss[-1][len(RUSAGE_TAG):])
+    return (kb / 2**20 if sys.platform == "darwin" else kb / 1024), lines[-1]
 
 
 def bench_live_process(realtime_seconds: float) -> dict:

@@ -132,8 +132,11 @@ def test_live_latency_and_block_times(single_thread):
 
 
 def test_child_peak_rss_sees_what_the_child_allocates():
-    """wait4's ru_maxrss of a child that touches 200 MB of numpy memory is at least that much."""
+    """wait4's ru_maxrss of a child that touches 200 MB of numpy memory is at least that much; a child that
+    allocates nothing reports its own small size, not this (large: torch is loaded) test process's."""
     rss, line = bench.child_peak_rss(["-c", "import numpy as np; a = np.ones(25_000_000); print('sum', a.sum())"])
     assert line == "sum 25000000.0" and rss >= 200e6 / 2**20, rss
+    rss, line = bench.child_peak_rss(["-c", "print('small')"])
+    assert line == "small" and rss < 100, rss
     with pytest.raises(RuntimeError, match="exit 3"):
         bench.child_peak_rss(["-c", "import sys; print('bad'); sys.exit(3)"])

@@ -11,6 +11,13 @@ Default config: batch 16 x 4 s, 100 harmonics, 65 noise bands, GRU 512, 6-scale 
                 --preprocess_seconds of guitar-like audio (--skip_preprocess leaves it out).
   peak RSS      peak resident set size (VmHWM) of a fresh subprocess that runs three training steps; the
                 baseline is one that only imports torch and builds the model and inputs.
+  live          streaming.py as live.py runs it (default pitch tracker and --fx), one thread, on a sung
+                example (examples/voice_oohs_melody.wav) block by block: per-block compute p50/p99 for the
+                bundled model and a default-size one (GRU 512, random weights) at block 256 and the smallest
+                block of 64..1024 whose p99 is <= 50 % of the block; the onset latency of 8 sung-like test
+                notes through the engine, measured on the audio (plus the one block a sound card's callback
+                buffers); the peak RSS (ru_maxrss) of a `live.py --simulate` subprocess; with
+                --live_realtime S, the xruns of a `--simulate --realtime` run on S seconds.
 
 The reference is the plain DDSP formulation: the decoder at every control frame (`decoder_stride` 1, 250
 steps/s, as DDSP's and acids-ircam/ddsp_pytorch's RnnFcDecoder) and the readable harmonic bank
@@ -23,7 +30,8 @@ the same loudness function. Ours and the reference alternate round by round, so 
 
 Targets (issues #10 and #11): the whole training step <= 0.23 x the reference's step in the same run (that
 is 1/3 of acids-ircam/ddsp_pytorch's step, measured once beside this reference); the full model at batch 1
->= 60x real time on one thread; peak RSS of training <= 2.5 GB.
+>= 60x real time on one thread; peak RSS of training <= 2.5 GB. Live (issue #13): per-block p99 <= 50 % of
+the block at block 256, onset latency <= 50 ms, live.py's peak RSS <= 1 GB, 0 xruns.
 
 Threads: --threads 0 keeps torch's default (one per core). On a CPU shared with other busy processes,
 every parallel op waits for its slowest thread; --threads 1 is then both faster and steadier.
@@ -32,6 +40,7 @@ Examples:
   ./venv/bin/python bench.py --threads 1                  # all sections
   ./venv/bin/python bench.py --threads 1 --skip_preprocess --json bench.json
   ./venv/bin/python bench.py --batch_size 1 --seconds 0.5 --steps 1 --hidden_size 32 --skip_preprocess
+  ./venv/bin/python bench.py --live_only --live_realtime 60     # the live section, with a 60 s real-time run
 """
 from __future__ import annotations
 
@@ -44,19 +53,25 @@ import resource
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
+import soundfile as sf
 import torch
 
+import effects
 import features
 import loss as loss_mod
 import model as model_mod
+import streaming
+from pipeline import DEFAULT_CHECKPOINT, ROOT
 from utils import HelpFormatter, UserError, atomic_path, cpu_name, pick_device, run_main
 
-TARGETS = {"step_vs_reference": 0.23, "inference_rtf": 60.0, "rss_mb": 2.5 * 1024}
+TARGETS = {"step_vs_reference": 0.23, "inference_rtf": 60.0, "rss_mb": 2.5 * 1024,
+           "live_block_fraction": 0.5, "live_latency_ms": 50.0, "live_rss_mb": 1024.0}
 IMPLS = ("ours", "reference")
 CHILD_TAG = "BENCH_CHILD "
 MEMORY_STEPS = 3  # training steps a peak-memory subprocess runs
@@ -360,16 +375,204 @@ def bench_memory(args) -> dict:
 
 
 # ==================================================================================================
+# Live (streaming.py, live.py)
+# ==================================================================================================
+
+LIVE_INPUT = ROOT / "examples" / "voice_oohs_melody.wav"   # a sung melody (13 s) through the engine
+LIVE_BLOCK = 256                                              # samples at 16 kHz (16 ms): live.py's default
+LIVE_BLOCKS = (64, 128, 256, 512, 1024)                       # tried for the smallest block that keeps up
+
+
+def live_models(seed: int) -> dict:
+    """{"bundled": pretrained/guitar_demo.pth, "default": model.DEFAULT_CONFIG (GRU 512, decoder stride 4)
+    with seeded random weights (its cost does not depend on them)}: eval mode, CPU."""
+    torch.manual_seed(seed)
+    return {"bundled": model_mod.load_model(DEFAULT_CHECKPOINT, "cpu"),
+            "default": model_mod.NeuralGuitar(model_mod.build_config()).eval()}
+
+
+def block_times(engine, fx, audio: np.ndarray) -> np.ndarray:
+    """Compute time (ms) of each whole block of `audio` [T] through engine + fx, as live.py's loop runs
+    them, after an untimed warm-up over the first second (then both reset)."""
+    B = engine.block_size
+    blocks = [audio[i:i + B] for i in range(0, audio.size - B + 1, B)]
+    for b in blocks[:features.SAMPLE_RATE // B]:
+        fx.process(engine.process(b))
+    engine.reset()
+    fx.reset()
+    times = []
+    for b in blocks:
+        t0 = time.perf_counter()
+        fx.process(engine.process(b))
+        times.append(time.perf_counter() - t0)
+    return 1e3 * np.asarray(times)
+
+
+def bench_live_blocks(models: dict, tracker, audio: np.ndarray) -> dict:
+    """Per model and block size (LIVE_BLOCKS): per-block compute p50/p99 (ms, and p99 as a fraction of the
+    block's duration); the smallest block whose p99 is within TARGETS["live_block_fraction"]."""
+    out = {}
+    for name, net in models.items():
+        res = {"hidden_size": net.config["hidden_size"], "decoder": net.config["decoder"],
+               "decoder_stride": net.stride, "blocks": {}}
+        for block in LIVE_BLOCKS:
+            engine = streaming.StreamingTransfer(net, block, pitch=tracker)
+            t = block_times(engine, effects.Effects(effects.LIVE_DEFAULT, features.SAMPLE_RATE), audio)
+            p99 = float(np.percentile(t, 99))
+            res["blocks"][str(block)] = {"p50_ms": float(np.percentile(t, 50)), "p99_ms": p99,
+                                         "p99_fraction": p99 / (1e3 * block / features.SAMPLE_RATE),
+                                         "n_blocks": int(t.size)}
+        ok = [b for b in LIVE_BLOCKS if res["blocks"][str(b)]["p99_fraction"] <= TARGETS["live_block_fraction"]]
+        res["smallest_block"] = min(ok) if ok else None
+        out[name] = res
+    return out
+
+
+def live_test_signal(note_s: float = 0.5, gap_s: float = 0.5) -> tuple[np.ndarray, list[int]]:
+    """Sung-like test notes after 0.3 s of silence: 8 notes (MIDI 55-67) of `note_s` seconds, each a
+    5-harmonic tone with 5 Hz vibrato of +-30 cents, 10 ms attack and 20 ms release, then `gap_s` of silence.
+    Returns (audio float32 [T] at 16 kHz, the first sample of each note)."""
+    sr = features.SAMPLE_RATE
+    t = np.arange(int(note_s * sr)) / sr
+    f0 = 2.0 ** (0.3 / 12 * np.sin(2 * np.pi * 5.0 * t))          # times the note's frequency
+    env = np.minimum(1.0, t / 0.01) * np.minimum(1.0, (note_s - t) / 0.02)
+    parts, starts, n = [np.zeros(int(0.3 * sr))], [], int(0.3 * sr)
+    for midi in (55, 60, 64, 57, 62, 67, 59, 65):
+        phase = 2 * np.pi * np.cumsum(f0 * float(features.midi_to_hz(midi))) / sr
+        tone = sum(np.sin(k * phase) / k for k in range(1, 6)) * env * 0.2
+        starts.append(n)
+        parts += [tone, np.zeros(int(gap_s * sr))]
+        n += tone.size + int(gap_s * sr)
+    return np.concatenate(parts).astype(np.float32), starts
+
+
+def onset_in_span(y: np.ndarray, start: int, stop: int, fraction: float = 0.1, win: int = 64) -> int:
+    """First sample of y[start:stop] whose `win`-sample RMS (trailing window) reaches `fraction` of the
+    span's highest, as an index into y."""
+    seg = y[start:stop].astype(np.float64)
+    rms = np.sqrt(np.convolve(seg ** 2, np.ones(win) / win, mode="full")[:seg.size])
+    return start + int(np.argmax(rms >= fraction * rms.max()))
+
+
+def onset_latencies(process, block: int, audio: np.ndarray, starts: list[int], span: int) -> np.ndarray:
+    """Sung onset in -> guitar onset out, in samples, per note: `audio` [T] through `process` (block [block]
+    -> block [block]) block by block; each onset by `onset_in_span` over [note start, note start + span)
+    of the input and of the output."""
+    n = -(-(audio.size + span) // block) * block
+    x = np.zeros(n, np.float32)
+    x[:audio.size] = audio
+    y = np.concatenate([process(x[i:i + block]) for i in range(0, n, block)])
+    return np.array([onset_in_span(y, s, s + span) - onset_in_span(x, s, s + span) for s in starts])
+
+
+def bench_live_latency(net, tracker, block: int = LIVE_BLOCK) -> dict:
+    """The bundled model's onset latency at `block`, measured on `live_test_signal` through the engine
+    and live.py's default effects; a sound card's callback adds one block of buffering on top."""
+    audio, starts = live_test_signal()
+    engine = streaming.StreamingTransfer(net, block, pitch=tracker)
+    fx = effects.Effects(effects.LIVE_DEFAULT, features.SAMPLE_RATE)
+    lat = onset_latencies(lambda b: fx.process(engine.process(b)), block, audio, starts, int(features.SAMPLE_RATE))
+    ms = 1e3 * lat / features.SAMPLE_RATE
+    io_ms = 1e3 * block / features.SAMPLE_RATE
+    return {"block": block, "latency_samples": engine.latency_samples, "engine_ms_median": float(np.median(ms)),
+            "engine_ms_min": float(ms.min()), "engine_ms_max": float(ms.max()), "n_notes": int(ms.size),
+            "block_io_ms": io_ms, "total_ms_median": float(np.median(ms)) + io_ms}
+
+
+RUSAGE_TAG = "BENCH_CHILD_MAXRSS_KB "
+RUSAGE_HELPER = (  # a small Python between bench and the measured process (see child_peak_rss)
+    "import os, sys\n"
+    "pid = os.fork()\n"
+    "if pid == 0:\n"
+    "    os.execv(sys.executable, [sys.executable, *sys.argv[1:]])\n"
+    "_, status, usage = os.wait4(pid, 0)\n"
+    f"print({RUSAGE_TAG!r} + str(usage.ru_maxrss), flush=True)\n"
+    "sys.exit(os.waitstatus_to_exitcode(status))\n")
+
+
+def child_peak_rss(argv: list[str]) -> tuple[float, str]:
+    """Run `python argv` in a child process: (its peak RSS in MiB, wait4's ru_maxrss, which includes the
+    interpreter's exit; its last output line). A process started straight from this one would inherit
+    this process's peak at exec (Linux records the old memory map's high-water mark), so a small helper
+    Python forks it and reports it. RuntimeError with the last line if it fails."""
+    with tempfile.TemporaryFile() as log:
+        proc = subprocess.run([sys.executable, "-c", RUSAGE_HELPER, *argv], stdout=log, stderr=subprocess.STDOUT,
+                              cwd=ROOT)
+        log.seek(0)
+        lines = log.read().decode(errors="replace").strip().splitlines() or ["no output"]
+    rss = [line for line in lines if line.startswith(RUSAGE_TAG)]
+    lines = [line for line in lines if not line.startswith(RUSAGE_TAG)] or ["no output"]
+    if proc.returncode or not rss:
+        raise RuntimeError(f"{' '.join(argv)} failed (exit {proc.returncode}): {lines[-1]}")
+    kb = int(rss[-1][len(RUSAGE_TAG):])
+    return (kb / 2**20 if sys.platform == "darwin" else kb / 1024), lines[-1]
+
+
+def bench_live_process(realtime_seconds: float) -> dict:
+    """Peak RSS of `live.py --simulate LIVE_INPUT` (its defaults); with realtime_seconds > 0 also a
+    `--realtime` run on LIVE_INPUT repeated to that length, and the xruns its status line reports."""
+    out, live = {}, str(ROOT / "live.py")
+    with tempfile.TemporaryDirectory() as tmp:
+        out["rss_mb"], out["status"] = child_peak_rss([live, "--simulate", str(LIVE_INPUT), "-o", f"{tmp}/a.wav"])
+        if realtime_seconds > 0:
+            voice = features.load_audio(LIVE_INPUT)
+            n = int(realtime_seconds * features.SAMPLE_RATE)
+            sf.write(f"{tmp}/long.wav", np.resize(voice, n), features.SAMPLE_RATE, subtype="FLOAT")
+            out["realtime_load_start"] = load_average()
+            _, line = child_peak_rss([live, "--simulate", f"{tmp}/long.wav", "-o", f"{tmp}/b.wav", "--realtime"])
+            out.update(realtime_seconds=realtime_seconds, realtime_status=line,
+                       realtime_xruns=int(line.rsplit("xruns", 1)[1].split()[0]), realtime_load_end=load_average())
+    return out
+
+
+def bench_live(args) -> dict:
+    """The live section: block timing (one thread), onset latency, live.py's peak RSS (and xruns)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        models = live_models(args.seed)
+        tracker = features.live_pitch_tracker()
+        audio = features.load_audio(LIVE_INPUT)
+        out = {"input": str(LIVE_INPUT.relative_to(ROOT)), "threads": 1, "block": LIVE_BLOCK,
+               "pitch": tracker.name, "fx": effects.LIVE_DEFAULT,
+               "models": bench_live_blocks(models, tracker, audio),
+               "latency": bench_live_latency(models["bundled"], tracker)}
+    finally:
+        torch.set_num_threads(threads)
+    out.update(bench_live_process(args.live_realtime))
+    return out
+
+
+# ==================================================================================================
 # Report
 # ==================================================================================================
 
+def verdict(ok: bool) -> str:
+    return "met" if ok else "NOT met"
+
+
 def print_report(r: dict) -> None:
+    m = r["machine"]
+    print(f"\nNeural Guitar bench — {m['cpu']}, {m['threads']} threads, torch {m['torch']}, device {m['device']}; "
+          f"load average {r['load_average_start']} -> {r['load_average_end']}")
+    if "train_step" in r:
+        print_training(r)
+    if "live" in r:
+        print_live(r["live"], r["targets"])
+    load = r.get("load_average_start")
+    if busy(load):
+        print(f"note: the machine was busy (load average {load[0]:.1f} on {os.cpu_count()} CPUs): absolute times "
+              "are inflated" + ("; ratios are steadier (ours and the reference alternate)" if "train_step" in r else
+                                " (p99 most: other processes preempt single blocks)"))
+    print(f"total bench time {r['bench_seconds']:.0f} s")
+
+
+def print_training(r: dict) -> None:
     m, c = r["machine"], r["config"]
-    print(f"\nNeural Guitar bench — {m['cpu']}, {m['threads']} threads, torch {m['torch']}, device {m['device']}")
     print(f"config: batch {c['batch_size']} x {c['seconds']} s, {c['n_harmonics']} harmonics, {c['n_noise_bands']} "
           f"noise bands, {c['decoder']} {c['hidden_size']}, decoder stride {c['decoder_stride']}"
-          f"{' (bf16 autocast)' if c['amp'] else ''} (reference: 1); median of {c['steps']} after {c['warmup']} warm-up; "
-          f"load average {r['load_average_start']} -> {r['load_average_end']}")
+          f"{' (bf16 autocast)' if c['amp'] else ''} (reference: 1); median of {c['steps']} after {c['warmup']} "
+          "warm-up")
     print(f"\n{'':30s}{'ours':>11s}{'reference':>11s}  unit")
 
     def row(label, ours, ref, unit):
@@ -388,9 +591,6 @@ def print_report(r: dict) -> None:
         row("peak RSS, 3 train steps", r["memory"]["ours_mb"], r["memory"]["reference_mb"], "MiB")
         row("  baseline (torch + model)", r["memory"]["baseline_mb"], r["memory"]["baseline_mb"], "MiB")
     t = r["targets"]
-
-    def verdict(ok):
-        return "met" if ok else "NOT met"
     ratio = tr["ours"]["median_s"] / tr["reference"]["median_s"]
     print(f"\ntargets: train step <= {t['step_vs_reference']} x reference: {ratio:.2f} x "
           f"[{verdict(ratio <= t['step_vs_reference'])}]; full model at batch 1 >= {t['inference_rtf']:.0f}x real "
@@ -402,14 +602,37 @@ def print_report(r: dict) -> None:
         print()
     if m["threads"] != 1:
         print("note: the real-time target is for one thread (--threads 1)")
-    load = r.get("load_average_start")
-    if busy(load):
-        print(f"note: the machine was busy (load average {load[0]:.1f} on {os.cpu_count()} CPUs): absolute times "
-              f"are inflated; ratios are steadier (ours and the reference alternate)")
     ag = r["agreement"]
     print(f"agreement reference vs ours, float64 (relative error): audio {ag['audio_rel_err']:.1e}, loss "
           f"{ag['loss_rel_err']:.1e}, gradients {ag['grad_rel_err']:.1e}")
-    print(f"total bench time {r['bench_seconds']:.0f} s")
+
+
+def print_live(lv: dict, t: dict) -> None:
+    """The live section: a row per model (block LIVE_BLOCK), latency, RSS, xruns, with the targets."""
+    frac = t["live_block_fraction"]
+    print(f"\nlive (streaming.py + --fx {lv['fx']}, {lv['pitch']} pitch), {lv['threads']} thread, {lv['input']} "
+          f"block by block; per-block compute")
+    print(f"{'':30s}{'p50':>9s}{'p99':>9s}{'p99/block':>11s}  smallest block with p99 <= {100 * frac:.0f} %")
+    for name, res in lv["models"].items():
+        b = res["blocks"][str(lv["block"])]
+        label = f"{name} ({res['decoder']} {res['hidden_size']}, stride {res['decoder_stride']})"
+        small = res["smallest_block"]
+        print(f"{label:30s}{b['p50_ms']:7.2f}ms{b['p99_ms']:7.2f}ms{100 * b['p99_fraction']:9.0f} %  "
+              f"{small if small else 'none'} [{verdict(b['p99_fraction'] <= frac)} at block {lv['block']}]")
+        print(f"{'':30s}p99 per block: " + ", ".join(f"{k}: {100 * v['p99_fraction']:.0f} %"
+                                                      for k, v in res["blocks"].items()))
+    la = lv["latency"]
+    print(f"onset latency, sung -> guitar (bundled, block {la['block']}, {la['n_notes']} test notes): engine "
+          f"{la['engine_ms_median']:.1f} ms (median, measured; {la['engine_ms_min']:.1f}..{la['engine_ms_max']:.1f}; "
+          f"latency_samples {1e3 * la['latency_samples'] / features.SAMPLE_RATE:.0f} ms) + {la['block_io_ms']:.0f} ms "
+          f"block I/O = {la['total_ms_median']:.1f} ms <= {t['live_latency_ms']:.0f} ms "
+          f"[{verdict(la['total_ms_median'] <= t['live_latency_ms'])}] (a sound card adds its own buffers)")
+    print(f"peak RSS of live.py --simulate (ru_maxrss): {lv['rss_mb']:.0f} MiB <= {t['live_rss_mb']:.0f} MiB "
+          f"[{verdict(lv['rss_mb'] <= t['live_rss_mb'])}]")
+    if "realtime_xruns" in lv:
+        print(f"live.py --simulate --realtime, {lv['realtime_seconds']:.0f} s: {lv['realtime_xruns']} xruns "
+              f"[{verdict(lv['realtime_xruns'] == 0)}] (load average {lv['realtime_load_start']} -> "
+              f"{lv['realtime_load_end']}); its status: {lv['realtime_status'].split(': ', 1)[1]}")
 
 
 def parse_args(argv):
@@ -431,6 +654,10 @@ def parse_args(argv):
                              "real-time factors are per second of audio)")
     parser.add_argument("--skip_preprocess", action="store_true", help="leave out the CREPE tests")
     parser.add_argument("--skip_memory", action="store_true", help="leave out the peak-RSS subprocesses")
+    parser.add_argument("--skip_live", action="store_true", help="leave out the live (streaming) section")
+    parser.add_argument("--live_only", action="store_true", help="run only the live section")
+    parser.add_argument("--live_realtime", type=float, default=0.0, metavar="SECONDS",
+                        help="also run live.py --simulate --realtime on this much audio and count its xruns (0: skip)")
     parser.add_argument("--seed", type=int, default=0, help="random seed for inputs and weights")
     parser.add_argument("--json", default=None, help="also write the results to this JSON file")
     parser.add_argument("--_child", default=None, choices=("baseline", *IMPLS), help=argparse.SUPPRESS)
@@ -440,6 +667,8 @@ def parse_args(argv):
             raise UserError(f"--{name} must be at least 1, got {getattr(args, name)}")
     if args.seconds <= 0 or args.warmup < 0 or args.threads < 0:
         raise UserError("--seconds must be > 0, --warmup and --threads >= 0")
+    if args.live_only and args.skip_live or args.live_realtime < 0:
+        raise UserError("--live_only and --skip_live exclude each other; --live_realtime must be >= 0")
     return args
 
 
@@ -469,12 +698,15 @@ def run_bench(args) -> int:
                    "steps": args.steps, "warmup": args.warmup},
         "targets": TARGETS, "load_average_start": load_average(),
     }
-    sections = [("agreement", check_agreement), ("train_step", lambda: bench_train(args, device, clock)),
-                ("inference", lambda: bench_inference(args, device, clock))]
-    if not args.skip_preprocess:
+    sections = [] if args.live_only else [
+        ("agreement", check_agreement), ("train_step", lambda: bench_train(args, device, clock)),
+        ("inference", lambda: bench_inference(args, device, clock))]
+    if not (args.skip_preprocess or args.live_only):
         sections.append(("preprocess", lambda: bench_preprocess(args, device)))
-    if not args.skip_memory:
+    if not (args.skip_memory or args.live_only):
         sections.append(("memory", lambda: bench_memory(args)))
+    if not args.skip_live:
+        sections.append(("live", lambda: bench_live(args)))
     for key, fn in sections:
         print(f"{key.replace('_', ' ')} ...", flush=True)
         report[key] = fn()

@@ -51,6 +51,7 @@ import pedalboard as pb
 from utils import UserError
 
 PRESETS = ("none", "clean", "crunch", "lead")
+LIVE_DEFAULT = "clean"   # live.py's --fx (transfer.py keeps "none" so its evaluation stays comparable)
 PRESET_DESCRIPTIONS = {
     "none": "no effects (the synthesizer's output unchanged)",
     "clean": "clean amp channel: compressor, cabinet, light chorus, small room",

@@ -13,7 +13,7 @@ samples from ``F`` frames therefore covers the whole input.
 Loudness (DDSP v2 definition)
 -----------------------------
 STFT with n_fft 512, hop 64, periodic Hann window, centred (zero padding); power ``|X|^2`` (no
-normalisation of the window) multiplied by librosa's A-weighting converted to a power gain
+normalisation of the window) multiplied by librosa's A-weighting (`a_weighting_db`) converted to a power gain
 (``10 ** (dB / 10)``), mean over the 257 frequency bins, ``10 * log10(max(p, 1e-20))``, reference 0 dB,
 floored at -80 dB (``LOUDNESS_RANGE_DB`` below the reference). On this scale a full-scale 1 kHz sine
 reads about +19.8 dB, digital silence -80 dB, white noise at -60 dBFS rms -37 dB; halving the
@@ -198,15 +198,23 @@ def check_audio(audio: np.ndarray, name: str, loudness_db: np.ndarray | None = N
 _A_WEIGHT_CACHE: dict = {}
 
 
+def a_weighting_db(freqs_hz: np.ndarray, min_db: float = -80.0) -> np.ndarray:
+    """A-weighting in dB of frequencies [n] Hz (IEC 61672-1 poles, normalised to 0 dB at 1 kHz), floored
+    at `min_db`: the formula and floor of librosa.A_weighting, written out so that loading audio features
+    does not import librosa (its numba costs live.py ~120 MB of memory); tests compare the two."""
+    f_sq = np.asarray(freqs_hz, np.float64) ** 2
+    c = np.array([12194.217, 20.598997, 107.65265, 737.86223]) ** 2
+    with np.errstate(divide="ignore"):   # 0 Hz: -inf before the floor
+        db = 2.0 + 20.0 * (np.log10(c[0]) + 2 * np.log10(f_sq) - np.log10(f_sq + c[0]) - np.log10(f_sq + c[1])
+                           - 0.5 * np.log10(f_sq + c[2]) - 0.5 * np.log10(f_sq + c[3]))
+    return np.maximum(min_db, db)
+
+
 def _a_weighting_power(device: torch.device, dtype: torch.dtype) -> torch.Tensor:
-    """librosa's A-weighting of the rfft bins of LOUDNESS_N_FFT at 16 kHz as a power gain, [n_fft//2+1]."""
+    """The A-weighting of the rfft bins of LOUDNESS_N_FFT at 16 kHz as a power gain, [n_fft//2+1]."""
     key = (str(device), dtype)
     if key not in _A_WEIGHT_CACHE:
-        import librosa
-
-        freqs = librosa.fft_frequencies(sr=SAMPLE_RATE, n_fft=LOUDNESS_N_FFT)
-        with np.errstate(divide="ignore"):  # A-weighting of the 0 Hz bin is -inf before clipping
-            gain = 10.0 ** (librosa.A_weighting(freqs) / 10.0)
+        gain = 10.0 ** (a_weighting_db(np.fft.rfftfreq(LOUDNESS_N_FFT, 1.0 / SAMPLE_RATE)) / 10.0)
         _A_WEIGHT_CACHE[key] = torch.as_tensor(gain, dtype=dtype, device=device)
     return _A_WEIGHT_CACHE[key]
 

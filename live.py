@@ -15,11 +15,15 @@ as fast as possible, or paced at real time with --realtime. The output (16 kHz W
 `latency_samples` late, with the input's length plus that latency. Both modes print one status line: the
 engine's latency, per-block compute time (p50/p99 in ms and as % of the block's duration) and xruns
 (live: blocks the sound card dropped or a block whose compute took longer than the block lasts; simulate:
-blocks whose compute took longer than the block lasts). CTRL+C stops cleanly (exit 130).
+blocks whose compute took longer than the block lasts, and with --realtime also blocks finished after the
+next one was due, however they got late). The engine is warmed up on silence before the first block (its first
+step pays one-off costs of ~0.3 s). CTRL+C stops cleanly (exit 130).
 """
 from __future__ import annotations
 
 import argparse
+import os
+import sys
 import threading
 import time
 from pathlib import Path
@@ -27,7 +31,7 @@ from pathlib import Path
 import numpy as np
 
 import features
-from effects import add_fx_arguments, from_args as fx_from_args
+from effects import LIVE_DEFAULT as FX_DEFAULT, add_fx_arguments, from_args as fx_from_args
 from pipeline import DEFAULT_CHECKPOINT, ROOT, resolve_checkpoint
 from notes import parse_octave
 from utils import HelpFormatter, UserError, apply_threads, atomic_write_wav, check_output_path, run_main
@@ -35,7 +39,7 @@ from utils import HelpFormatter, UserError, apply_threads, atomic_write_wav, che
 SR = features.SAMPLE_RATE
 RESAMPLE_QUALITY = "QQ"   # soxr "quick" (cubic): its stream flows block by block. HQ/MQ release their output in
                           # bursts of several blocks and LQ lags about one: voice -> guitar through a fake 48 kHz card
-                          # measured 94 (MQ), 68 (LQ) and 46 ms (QQ), of which the engine is 32 ms
+                          # measured 94 (MQ), 68 (LQ) and 46 ms (QQ), of which the engine was then 32 ms (24 ms since)
 PORTAUDIO_FIX = ("install PortAudio (Debian/Ubuntu: sudo apt-get install libportaudio2; macOS: brew install "
                  "portaudio), or run without a sound card: live.py --simulate in.wav -o out.wav")
 
@@ -63,7 +67,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--gain", type=float, default=0.0, help="gain in dB on the guitar before the effects")
     p.add_argument("--monitor", type=float, default=None, metavar="DB",
                    help="mix the dry voice into the output at this level (dB); default: off")
-    add_fx_arguments(p, default="clean")
+    add_fx_arguments(p, default=FX_DEFAULT)
     p.add_argument("--simulate", metavar="IN", default=None, help="feed this audio file instead of a microphone")
     p.add_argument("-o", "--output", default=None, help="with --simulate: the output WAV file (16 kHz)")
     p.add_argument("--realtime", action="store_true", help="with --simulate: pace the blocks at real time")
@@ -85,7 +89,18 @@ def make_engine(args):
     settings = LiveSettings(semitones=args.semitones, envelope=args.envelope)
     engine = StreamingTransfer(model, args.block, pitch=args.pitch, octave=args.octave, settings=settings,
                                adjust=not args.no_adjust, seed=args.seed)
+    warm_up(engine, fx)
     return engine, fx
+
+
+def warm_up(engine, fx) -> None:
+    """A quarter second of silence through engine and fx, then both reset (the stream starts from silence
+    either way): the first internal step pays one-off costs (~0.3 s) that would otherwise be an xrun."""
+    silence = np.zeros(engine.block_size, np.float32)
+    for _ in range(-(-SR // 4 // engine.block_size)):
+        fx.process(engine.process(silence))
+    engine.reset()
+    fx.reset()
 
 
 class Stats:
@@ -94,9 +109,11 @@ class Stats:
     def __init__(self, engine, block: int):
         self.engine, self.block_s, self.times, self.xruns = engine, block / SR, [], 0
 
-    def add(self, seconds: float) -> None:
+    def add(self, seconds: float, late: bool = False) -> None:
+        """One block's compute time; an xrun when it took longer than a block lasts, or when `late` (it
+        finished after its real-time deadline)."""
         self.times.append(seconds)
-        if seconds > self.block_s:
+        if late or seconds > self.block_s:
             self.xruns += 1
 
     def line(self, extra: str = "") -> str:
@@ -128,7 +145,8 @@ def run_simulation(args) -> int:
         t0 = time.perf_counter()
         block = x[k * B:(k + 1) * B]
         out[k * B:(k + 1) * B] = _guitar(engine, fx, block, gain) + monitor * block
-        stats.add(time.perf_counter() - t0)
+        done = time.perf_counter()       # block k is due at start + k*B/SR; a card needs it one block later
+        stats.add(done - t0, late=args.realtime and done > start + (k + 1) * B / SR)
     out = out[:voice.size + L]
     atomic_write_wav(out_path, np.clip(out, -1.0, 1.0), SR)
     print(f"{args.simulate} -> {out_path}: {voice.size / SR:.1f} s, " + stats.line(), flush=True)
@@ -253,5 +271,19 @@ def main(argv=None) -> int:
     return run_live(args)
 
 
+def exit_now() -> None:
+    """run_main, then leave through os._exit: a normal exit runs torch's C++ static destructors, which touch
+    ~185 MB of library pages and raise the process's peak RSS by that much (measured: `import torch` alone
+    peaks at 681 MB with os._exit, 866 MB with exit). Output files are already written and closed."""
+    try:
+        run_main(main)
+        code = 0
+    except SystemExit as e:
+        code = e.code if isinstance(e.code, int) else (0 if e.code is None else 1)
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
+
+
 if __name__ == "__main__":
-    run_main(main)
+    exit_now()

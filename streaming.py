@@ -21,16 +21,19 @@ pitch tracker's window ends at most A past its frame). It emits the audio of fra
 (m = 2 frames of synthesis margin: the partial amplitudes ramp towards the next frame, the noise FIR is
 centred). Emitting with a fixed delay of
 
-    latency_samples = A + P + (m - 2) * HOP      (256 + 256 = 512 samples = 32 ms with the defaults)
+    latency_samples = A + (m - 1) * HOP + P - g + (-E mod g),   g = gcd(block_size, P), E = P - HOP + A
 
-means that every block, whatever its size (a multiple of HOP), finds its samples ready; the block size
-only decides when audio leaves, never what it is. Output sample t equals the offline rendering of the same
-(causal) features at sample t - latency_samples (tests check both). On a sound card the block's own buffering
-and the resamplers add to it (live.py).
+(E: the input step j needs past its first sample, jP) means that every block finds its samples ready: g is the
+grid on which block ends fall relative to the steps. Any block size (a multiple of HOP, g = HOP) gets
+A + P + (m - 2) * HOP = 256 + 256 = 512 samples = 32 ms with the defaults; blocks that are whole steps (256,
+512, 1024: g = P) wait for no partial step and get 384 samples = 24 ms. The block size only decides when audio
+leaves and how late, never what it is: output sample t equals the offline rendering of the same (causal)
+features at sample t - latency_samples (tests check both). On a sound card the block's own buffering (one
+block) and the resamplers add to it (live.py).
 
-Measured (an onset of a sung-like test tone in, the guitar's onset out, on the audio): the default tracker
-(PESTO) answers within ~40 samples of latency_samples; CREPE tiny ~270 samples later, since its periodicity
-passes the note gate one 16 ms pitch evaluation later.
+Measured (an onset of a sung-like test tone in, the guitar's onset out, on the audio; bench.py's live section):
+the default tracker (PESTO) answers within ~50 samples of latency_samples; CREPE tiny ~270 samples later, since
+its periodicity passes the note gate one 16 ms pitch evaluation later.
 
 Pitch is evaluated once per group of `pitch_every` frames (4 = every 16 ms), on the window that ends
 `lookahead` after the group's last frame, and serves the whole group: a live tracker costs milliseconds per
@@ -150,6 +153,7 @@ class CausalAdjust:
         self.note_counts = np.zeros(len(HIST_EDGES) - 1)
         self.in_note, self.gap, self.since_end = False, 0, 10 ** 9
         self.onsets: list[float] = []
+        self.offset = 0.0  # dB added to every note's level: training's median onset - the running median
         self.note_midis: list[float] = []
         self.octave = 0
         self.note = None   # current pluck: dict(t, level, peak_t, cap, midi, change)
@@ -224,14 +228,13 @@ class CausalAdjust:
             n.update(level=mapped, peak_t=n["t"], cap=mapped)
         if n["t"] == self.attack - 1:
             self.onsets.append(n["level"])
+            median = self.learned.get("onset_db_median") if self.learned else None
+            if median is not None:                      # changes only when an onset is added
+                self.offset = float(median) - float(np.median(self.onsets[-50:]))
         n["cap"] = min(n["cap"], mapped)
-        median = self.learned.get("onset_db_median") if self.learned else None
-        offset = 0.0
-        if median is not None and self.onsets:
-            offset = float(median) - float(np.median(self.onsets[-50:]))
         if n["t"] >= len(n["curve"]):                   # the note's curve, extended by doubling (amortised O(1))
             n["curve"] = notes.pluck_curve(max(2 * len(n["curve"]), 256), n["midi"], self.learned)
-        y = n["level"] + offset + n["curve"][n["t"]]
+        y = n["level"] + self.offset + n["curve"][n["t"]]
         accent = notes.ACCENT_DB * math.exp(-(n["t"] - n["peak_t"]) / notes.ACCENT_TAU_FRAMES)
         n["t"] += 1
         return min(y, n["cap"] + accent)
@@ -278,7 +281,9 @@ class StreamingTransfer:
         half = features.LOUDNESS_N_FFT // 2
         self.lookahead = HOP * math.ceil(max(half, self.tracker.lookahead) / HOP)
         self.margin = 1 + math.ceil(model.noise.delay / HOP)    # as model.render_chunked
-        self.latency_samples = self.lookahead + self.P + (self.margin - 2) * HOP
+        self.need = self.P - HOP + self.lookahead               # step j runs once the input reaches j*P + need
+        g = math.gcd(self.block_size, self.P)                   # block ends, relative to the steps (module doc)
+        self.latency_samples = self.lookahead + (self.margin - 1) * HOP + self.P - g + (-self.need) % g
         self.history_len = max(self.tracker.window, 2 * half) + self.P + self.lookahead + self.block_size
         ir = model.reverb.wet_ir().detach().float().cpu() if model.reverb is not None else None
         self.reverb = PartitionedConvolver(ir, self.P) if ir is not None else None
@@ -372,7 +377,7 @@ class StreamingTransfer:
             raise ValueError(f"process takes blocks of {self.block_size} samples, got {x.size}")
         self.hist = np.concatenate([self.hist[x.size:], x])
         self.n_in += x.size
-        while self.n_in >= (self.step + 1) * self.P - HOP + self.lookahead:
+        while self.n_in >= self.step * self.P + self.need:
             self._run_step()
         start, n = self.emit_at, x.size
         y = np.zeros(n, np.float32)

@@ -2,6 +2,7 @@
 
 CREPE `tiny` everywhere except one short `full` test (the full model runs ~30 frames/s on 2 CPU cores).
 """
+import subprocess
 import sys
 from pathlib import Path
 
@@ -17,6 +18,7 @@ import features as fx  # noqa: E402
 from utils import UserError  # noqa: E402
 
 SR = fx.SAMPLE_RATE
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def sine(hz, seconds, amp=0.5, sr=SR):
@@ -93,6 +95,22 @@ def test_loudness_matches_independent_librosa_computation():
     assert ours.shape == ref.shape
     assert np.max(np.abs(ours - ref)) < 0.1
     assert ours[:10].max() == pytest.approx(-80.0)
+
+
+def test_a_weighting_equals_librosa():
+    freqs = np.concatenate([[0.0, 1.0, 10.0], librosa.fft_frequencies(sr=SR, n_fft=512), [20000.0]])
+    with np.errstate(divide="ignore"):
+        ref = librosa.A_weighting(freqs)
+    assert np.allclose(fx.a_weighting_db(freqs), ref, atol=1e-9, rtol=0)
+    assert abs(fx.a_weighting_db(np.array([1000.0]))[0]) < 0.01      # 0 dB at 1 kHz
+
+
+def test_loudness_does_not_import_librosa():
+    """live.py's memory: features (loudness) and the streaming engine load without librosa (and numba)."""
+    code = ("import sys, numpy as np, features, streaming; features.compute_loudness(np.ones(4096, np.float32)); "
+            "print(sorted(m for m in ('librosa', 'numba') if m in sys.modules))")
+    r = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0 and r.stdout.strip() == "[]", r.stdout + r.stderr
 
 
 def test_loudness_drops_6_02_db_per_halving_of_amplitude():

@@ -1,5 +1,5 @@
-"""live.py: --simulate end to end (subprocess), and the one-line errors (bad device, missing PortAudio,
-missing plugin) that leave nothing behind."""
+"""live.py: --simulate end to end (subprocess), --realtime xrun counting, the warm-up, and the one-line
+errors (bad device, missing PortAudio, missing plugin) that leave nothing behind."""
 from __future__ import annotations
 
 import os
@@ -28,11 +28,11 @@ def test_simulate_end_to_end(tmp_path):
     r = _run([str(ROOT / "live.py"), "--simulate", str(src), "-o", str(dst), "--fx", "none", "--block", "256"])
     assert r.returncode == 0, r.stderr
     line = r.stdout.strip().splitlines()[-1]
-    assert "latency 32.0 ms" in line and "p99" in line and "xruns" in line, line
+    assert "latency 24.0 ms" in line and "p99" in line and "xruns" in line, line   # block 256: 384 samples
     y, sr = sf.read(dst, dtype="float32")
-    assert sr == SR and y.size == x.size + 512            # the input's length plus the engine's latency
+    assert sr == SR and y.size == x.size + 384            # the input's length plus the engine's latency
     assert np.abs(y).max() > 1e-3
-    assert abs((onset_sample(y) - onset_sample(x)) - 512) <= 256     # the guitar answers the voice's onset
+    assert abs((onset_sample(y) - onset_sample(x)) - 384) <= 256     # the guitar answers the voice's onset
     assert sorted(p.name for p in dst.parent.iterdir()) == ["guitar.wav"]   # no temp file left
 
 
@@ -69,6 +69,51 @@ def test_simulate_needs_output_and_block_multiple(tmp_path):
         live.main(["--simulate", str(src)])
     with pytest.raises(UserError, match="--block 100"):
         live.main(["--simulate", str(src), "-o", str(tmp_path / "o.wav"), "--block", "100"])
+
+
+class FakeClock:
+    """Stands in for live.py's `time`: perf_counter reads a clock that only sleep() advances (compute takes
+    no time); the `late_at`-th sleep wakes 30 ms after it was asked to (a loaded machine)."""
+
+    def __init__(self, late_at=None):
+        self.t, self.calls, self.late_at = 0.0, 0, late_at
+
+    def perf_counter(self):
+        return self.t
+
+    def sleep(self, seconds):
+        self.calls += 1
+        self.t += seconds + (0.030 if self.calls == self.late_at else 0.0)
+
+
+@pytest.mark.parametrize("late_at, xruns", [(None, 0), (10, 1)])
+def test_realtime_counts_a_late_block(tmp_path, monkeypatch, capsys, late_at, xruns, single_thread):
+    """--realtime: a block that computes in no time but starts 30 ms late (more than a 16 ms block) misses
+    its deadline: one xrun; the next block is on time again."""
+    src = tmp_path / "voice.wav"
+    sf.write(src, voice(0.5), SR)
+    monkeypatch.setattr(live, "time", FakeClock(late_at))
+    assert live.main(["--simulate", str(src), "-o", str(tmp_path / "o.wav"), "--realtime", "--fx", "none"]) == 0
+    assert capsys.readouterr().out.strip().endswith(f"xruns {xruns}")
+
+
+def test_warm_up_leaves_no_trace(single_thread):
+    """live.py warms the engine and effects up before the first block: the output is then the same as a
+    fresh engine's."""
+    import effects
+    import streaming
+    from test_streaming import run, small_model
+
+    m, x = small_model(1), voice(0.6)
+    fresh = run(streaming.StreamingTransfer(m, 256), x, 256)
+    fx = effects.Effects("clean", SR)
+    ref = fx.process(fresh)
+    fx.reset()
+    engine = streaming.StreamingTransfer(m, 256)
+    live.warm_up(engine, fx)
+    y = run(engine, x, 256)
+    assert np.abs(y).max() > 1e-3 and np.array_equal(y, fresh)
+    assert np.array_equal(fx.process(y), ref)
 
 
 class FakeSoundDevice:

@@ -49,23 +49,40 @@ def test_partitioned_convolver_equals_fft_convolve():
 
 @pytest.mark.parametrize("stride", [4, 1])
 def test_block_size_invariance_and_offline_equality(stride, single_thread):
+    """Blocks of 64, 256 and 1024 give the same audio, each `latency_samples` late (512 for a block that is
+    not whole steps, 384 for whole steps), and that audio is the offline renderer's."""
     m = small_model(stride)
     x = voice()
-    outs = {}
+    outs, lat = {}, {}
     for block in (64, 256, 1024):
         engine = streaming.StreamingTransfer(m, block, record=(block == 256))
-        outs[block] = run(engine, x, block)[:x.size]
+        lat[block] = engine.latency_samples
+        outs[block] = run(engine, x, block)[lat[block]:][:x.size - 512]
         if block == 256:
-            trace, L = engine.features_trace(), engine.latency_samples
+            trace = engine.features_trace()
+    assert lat == {64: 512, 256: 384, 1024: 384}
     assert np.abs(outs[256]).max() > 1e-3
     for block in (64, 1024):
         assert np.abs(outs[block] - outs[256]).max() < 1e-4, block
     # the stream equals the offline renderer fed the same (causal) features and noise, `latency_samples` later
     ref = m.render_chunked(torch.from_numpy(trace["f0_hz"]), torch.from_numpy(trace["loudness_db"]),
                            white_noise=torch.from_numpy(trace["white"])[None])[0].numpy()
-    n = min(ref.size, x.size - L)
-    assert np.abs(outs[256][L:L + n] - ref[:n]).max() < 1e-4
-    assert np.abs(outs[256][:L]).max() < 1e-6     # nothing before the input could have caused it
+    n = min(ref.size, outs[256].size)
+    assert np.abs(outs[256][:n] - ref[:n]).max() < 1e-4
+    y = run(streaming.StreamingTransfer(m, 256), x, 256)
+    assert np.abs(y[:lat[256]]).max() < 1e-6     # nothing before the input could have caused it
+
+
+@pytest.mark.parametrize("block", [64, 128, 256, 320, 1024])
+def test_latency_samples_is_the_smallest_that_works(block, single_thread):
+    """One HOP less latency and some block would need audio the engine has not computed yet (an error)."""
+    m, x = small_model(1), voice(0.6)
+    engine = streaming.StreamingTransfer(m, block)
+    run(engine, x, block)
+    engine.latency_samples -= features.HOP
+    engine.reset()
+    with pytest.raises(ValueError):
+        run(engine, x, block)
 
 
 def test_no_jump_at_block_seams(single_thread):

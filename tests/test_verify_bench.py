@@ -3,6 +3,8 @@
 * verify_project.main() passes every check here (it loads CREPE full, ~15-25 s on 2 cores), and a
   failing check is reported with ✗ while the others still run.
 * bench.py in a tiny configuration writes a JSON report with the expected keys and positive numbers.
+* bench's live section: its onset-latency measurement finds a known delay, runs on a small engine; its
+  child peak-RSS reading sees a child's allocation.
 * bench's reference (the model with synth.py's readable audio-rate bank) agrees with ours; the readable
   bank itself is checked against analytic oracles in test_synth.py.
 """
@@ -13,6 +15,7 @@ import json
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -50,7 +53,7 @@ def test_verify_reports_a_failing_check_and_continues(monkeypatch):
 def test_bench_tiny_json(tmp_path):
     out = tmp_path / "bench.json"
     code = bench.main(["--batch_size", "1", "--seconds", "0.5", "--steps", "1", "--warmup", "1",
-                       "--hidden_size", "32", "--skip_preprocess", "--threads", "1", "--json", str(out)])
+                       "--hidden_size", "32", "--skip_preprocess", "--skip_live", "--threads", "1", "--json", str(out)])
     assert code == 0
     r = json.loads(out.read_text())
     for key in ("machine", "config", "agreement", "train_step", "inference", "memory", "targets"):
@@ -87,3 +90,53 @@ def test_reference_really_renders_the_readable_bank(monkeypatch):
             net(f0, loud)
         assert len(calls) == expected, name
     assert net.harmonic.fast  # restored
+
+
+# --------------------------------------------------------------------------------------------------
+# The live section
+# --------------------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("delay", [0, 300, 700])
+def test_live_onset_latency_finds_a_known_delay(delay):
+    """A pure delay line (stateful, block by block) measured with bench's test notes: every note's onset
+    comes out exactly `delay` samples later."""
+    audio, starts = bench.live_test_signal()
+    state = np.zeros(delay, np.float32)
+
+    def delayed(block):
+        nonlocal state
+        both = np.concatenate([state, block])
+        state = both[block.size:]
+        return both[:block.size]
+    lat = bench.onset_latencies(delayed, 256, audio, starts, 16000)
+    assert lat.tolist() == [delay] * len(starts)
+
+
+def test_live_latency_and_block_times(single_thread):
+    """The bundled model's measured onset latency lies between the engine's latency_samples and one block
+    more (as tests/test_streaming checks on its own signal); block times of a small engine are > 0."""
+    from test_streaming import small_model
+
+    import features
+    import model as model_lib
+    from pipeline import DEFAULT_CHECKPOINT
+    tracker = features.live_pitch_tracker()
+    r = bench.bench_live_latency(model_lib.load_model(DEFAULT_CHECKPOINT), tracker, block=256)
+    assert r["latency_samples"] == 384 and r["n_notes"] == 8
+    assert 24.0 - 1.0 <= r["engine_ms_median"] <= 24.0 + 16.0, r
+    assert r["total_ms_median"] == pytest.approx(r["engine_ms_median"] + 16.0)
+    audio, _ = bench.live_test_signal()
+    res = bench.bench_live_blocks({"small": small_model(1)}, tracker, audio[:16000 * 3])["small"]
+    assert set(res["blocks"]) == {str(b) for b in bench.LIVE_BLOCKS}
+    assert all(v["p99_ms"] >= v["p50_ms"] > 0 for v in res["blocks"].values())
+
+
+def test_child_peak_rss_sees_what_the_child_allocates():
+    """wait4's ru_maxrss of a child that touches 200 MB of numpy memory is at least that much; a child that
+    allocates nothing reports its own small size, not this (large: torch is loaded) test process's."""
+    rss, line = bench.child_peak_rss(["-c", "import numpy as np; a = np.ones(25_000_000); print('sum', a.sum())"])
+    assert line == "sum 25000000.0" and rss >= 200e6 / 2**20, rss
+    rss, line = bench.child_peak_rss(["-c", "print('small')"])
+    assert line == "small" and rss < 100, rss
+    with pytest.raises(RuntimeError, match="exit 3"):
+        bench.child_peak_rss(["-c", "import sys; print('bad'); sys.exit(3)"])

@@ -49,6 +49,7 @@ import json
 import math
 import os
 import platform
+import re
 import resource
 import statistics
 import subprocess
@@ -446,23 +447,27 @@ def live_test_signal(note_s: float = 0.5, gap_s: float = 0.5) -> tuple[np.ndarra
     return np.concatenate(parts).astype(np.float32), starts
 
 
-def onset_in_span(y: np.ndarray, start: int, stop: int, fraction: float = 0.1, win: int = 64) -> int:
+def onset_in_span(y: np.ndarray, start: int, stop: int, fraction: float = 0.1, win: int = 64,
+                  floor: float = 1e-4) -> int | None:
     """First sample of y[start:stop] whose `win`-sample RMS (trailing window) reaches `fraction` of the
-    span's highest, as an index into y."""
+    span's highest, as an index into y; None when the span stays below `floor` RMS (no onset: silence)."""
     seg = y[start:stop].astype(np.float64)
     rms = np.sqrt(np.convolve(seg ** 2, np.ones(win) / win, mode="full")[:seg.size])
+    if rms.size == 0 or rms.max() < floor:
+        return None
     return start + int(np.argmax(rms >= fraction * rms.max()))
 
 
 def onset_latencies(process, block: int, audio: np.ndarray, starts: list[int], span: int) -> np.ndarray:
-    """Sung onset in -> guitar onset out, in samples, per note: `audio` [T] through `process` (block [block]
-    -> block [block]) block by block; each onset by `onset_in_span` over [note start, note start + span)
-    of the input and of the output."""
+    """Sung onset in -> guitar onset out, in samples, per note (NaN where the output stays silent): `audio`
+    [T] through `process` (block [block] -> block [block]) block by block; each onset by `onset_in_span`
+    over [note start, note start + span) of the input and of the output."""
     n = -(-(audio.size + span) // block) * block
     x = np.zeros(n, np.float32)
     x[:audio.size] = audio
     y = np.concatenate([process(x[i:i + block]) for i in range(0, n, block)])
-    return np.array([onset_in_span(y, s, s + span) - onset_in_span(x, s, s + span) for s in starts])
+    out = [onset_in_span(y, s, s + span) for s in starts]
+    return np.array([np.nan if o is None else o - onset_in_span(x, s, s + span) for o, s in zip(out, starts)])
 
 
 def bench_live_latency(net, tracker, block: int = LIVE_BLOCK) -> dict:
@@ -472,11 +477,13 @@ def bench_live_latency(net, tracker, block: int = LIVE_BLOCK) -> dict:
     engine = streaming.StreamingTransfer(net, block, pitch=tracker)
     fx = effects.Effects(effects.LIVE_DEFAULT, features.SAMPLE_RATE)
     lat = onset_latencies(lambda b: fx.process(engine.process(b)), block, audio, starts, int(features.SAMPLE_RATE))
-    ms = 1e3 * lat / features.SAMPLE_RATE
+    ms = 1e3 * lat[np.isfinite(lat)] / features.SAMPLE_RATE
     io_ms = 1e3 * block / features.SAMPLE_RATE
-    return {"block": block, "latency_samples": engine.latency_samples, "engine_ms_median": float(np.median(ms)),
-            "engine_ms_min": float(ms.min()), "engine_ms_max": float(ms.max()), "n_notes": int(ms.size),
-            "block_io_ms": io_ms, "total_ms_median": float(np.median(ms)) + io_ms}
+    stats = ({"engine_ms_median": float(np.median(ms)), "engine_ms_min": float(ms.min()),
+              "engine_ms_max": float(ms.max()), "total_ms_median": float(np.median(ms)) + io_ms} if ms.size else
+             dict.fromkeys(("engine_ms_median", "engine_ms_min", "engine_ms_max", "total_ms_median")))
+    return {"block": block, "latency_samples": engine.latency_samples, "n_notes": int(lat.size),
+            "n_missed": int(lat.size - ms.size), "block_io_ms": io_ms, **stats}
 
 
 RUSAGE_TAG = "BENCH_CHILD_MAXRSS_KB "
@@ -494,7 +501,7 @@ def child_peak_rss(argv: list[str]) -> tuple[float, str]:
     """Run `python argv` in a child process: (its peak RSS in MiB, wait4's ru_maxrss, which includes the
     interpreter's exit; its last output line). A process started straight from this one would inherit
     this process's peak at exec (Linux records the old memory map's high-water mark), so a small helper
-    Python forks it and reports it. RuntimeError with the last line if it fails."""
+    Python forks it and reports it. UserError with the child's last line if it fails."""
     with tempfile.TemporaryFile() as log:
         proc = subprocess.run([sys.executable, "-c", RUSAGE_HELPER, *argv], stdout=log, stderr=subprocess.STDOUT,
                               cwd=ROOT)
@@ -503,7 +510,8 @@ def child_peak_rss(argv: list[str]) -> tuple[float, str]:
     rss = [line for line in lines if line.startswith(RUSAGE_TAG)]
     lines = [line for line in lines if not line.startswith(RUSAGE_TAG)] or ["no output"]
     if proc.returncode or not rss:
-        raise RuntimeError(f"{' '.join(argv)} failed (exit {proc.returncode}): {lines[-1]}")
+        raise UserError(f"{' '.join(Path(a).name if a.endswith('.py') else a for a in argv)} failed "
+                        f"(exit {proc.returncode}): {lines[-1]}")
     kb = int(rss[-1][len(RUSAGE_TAG):])
     return (kb / 2**20 if sys.platform == "darwin" else kb / 1024), lines[-1]
 
@@ -520,8 +528,11 @@ def bench_live_process(realtime_seconds: float) -> dict:
             sf.write(f"{tmp}/long.wav", np.resize(voice, n), features.SAMPLE_RATE, subtype="FLOAT")
             out["realtime_load_start"] = load_average()
             _, line = child_peak_rss([live, "--simulate", f"{tmp}/long.wav", "-o", f"{tmp}/b.wav", "--realtime"])
-            out.update(realtime_seconds=realtime_seconds, realtime_status=line,
-                       realtime_xruns=int(line.rsplit("xruns", 1)[1].split()[0]), realtime_load_end=load_average())
+            xruns = re.search(r"xruns (\d+)", line)
+            if not xruns:
+                raise UserError(f"live.py --simulate --realtime printed no xruns count; its last line: {line}")
+            out.update(realtime_seconds=realtime_seconds, realtime_status=line, realtime_xruns=int(xruns.group(1)),
+                       realtime_load_end=load_average())
     return out
 
 
@@ -621,18 +632,25 @@ def print_live(lv: dict, t: dict) -> None:
               f"{small if small else 'none'} [{verdict(b['p99_fraction'] <= frac)} at block {lv['block']}]")
         print(f"{'':30s}p99 per block: " + ", ".join(f"{k}: {100 * v['p99_fraction']:.0f} %"
                                                       for k, v in res["blocks"].items()))
-    la = lv["latency"]
-    print(f"onset latency, sung -> guitar (bundled, block {la['block']}, {la['n_notes']} test notes): engine "
-          f"{la['engine_ms_median']:.1f} ms (median, measured; {la['engine_ms_min']:.1f}..{la['engine_ms_max']:.1f}; "
-          f"latency_samples {1e3 * la['latency_samples'] / features.SAMPLE_RATE:.0f} ms) + {la['block_io_ms']:.0f} ms "
-          f"block I/O = {la['total_ms_median']:.1f} ms <= {t['live_latency_ms']:.0f} ms "
-          f"[{verdict(la['total_ms_median'] <= t['live_latency_ms'])}] (a sound card adds its own buffers)")
+    print_live_latency(lv["latency"], t["live_latency_ms"])
     print(f"peak RSS of live.py --simulate (ru_maxrss): {lv['rss_mb']:.0f} MiB <= {t['live_rss_mb']:.0f} MiB "
           f"[{verdict(lv['rss_mb'] <= t['live_rss_mb'])}]")
     if "realtime_xruns" in lv:
         print(f"live.py --simulate --realtime, {lv['realtime_seconds']:.0f} s: {lv['realtime_xruns']} xruns "
               f"[{verdict(lv['realtime_xruns'] == 0)}] (load average {lv['realtime_load_start']} -> "
               f"{lv['realtime_load_end']}); its status: {lv['realtime_status'].split(': ', 1)[1]}")
+
+
+def print_live_latency(la: dict, target_ms: float) -> None:
+    """One line: measured onset latency with its target; test notes the engine left silent fail it."""
+    head = f"onset latency, sung -> guitar (bundled, block {la['block']}, {la['n_notes']} test notes): "
+    if la["n_missed"]:
+        print(head + f"{la['n_missed']} of {la['n_notes']} notes gave no output onset [{verdict(False)}]")
+        return
+    print(head + f"engine {la['engine_ms_median']:.1f} ms (median, measured; {la['engine_ms_min']:.1f}.."
+          f"{la['engine_ms_max']:.1f}; latency_samples {1e3 * la['latency_samples'] / features.SAMPLE_RATE:.0f} ms)"
+          f" + {la['block_io_ms']:.0f} ms block I/O = {la['total_ms_median']:.1f} ms <= {target_ms:.0f} ms "
+          f"[{verdict(la['total_ms_median'] <= target_ms)}] (a sound card adds its own buffers)")
 
 
 def parse_args(argv):
@@ -667,8 +685,12 @@ def parse_args(argv):
             raise UserError(f"--{name} must be at least 1, got {getattr(args, name)}")
     if args.seconds <= 0 or args.warmup < 0 or args.threads < 0:
         raise UserError("--seconds must be > 0, --warmup and --threads >= 0")
-    if args.live_only and args.skip_live or args.live_realtime < 0:
-        raise UserError("--live_only and --skip_live exclude each other; --live_realtime must be >= 0")
+    if args.live_only and args.skip_live:
+        raise UserError("--live_only and --skip_live exclude each other; drop one")
+    if args.live_realtime < 0:
+        raise UserError(f"--live_realtime must be >= 0 seconds, got {args.live_realtime}")
+    if args.live_realtime and args.skip_live:
+        raise UserError("--live_realtime runs in the live section, which --skip_live leaves out; drop one")
     return args
 
 

@@ -273,13 +273,17 @@ def main(argv=None) -> int:
 
 def exit_now() -> None:
     """run_main, then leave through os._exit: a normal exit runs torch's C++ static destructors, which touch
-    ~185 MB of library pages and raise the process's peak RSS by that much (measured: `import torch` alone
-    peaks at 681 MB with os._exit, 866 MB with exit). Output files are already written and closed."""
+    library pages and raise the process's peak RSS (measured in docs/experiments.md, "Live mode"). Output files
+    are already written and closed. A SystemExit with a message (not a code) prints it, as Python would."""
     try:
         run_main(main)
         code = 0
     except SystemExit as e:
-        code = e.code if isinstance(e.code, int) else (0 if e.code is None else 1)
+        if e.code is None or isinstance(e.code, int):
+            code = e.code or 0
+        else:
+            print(e.code, file=sys.stderr)
+            code = 1
     sys.stdout.flush()
     sys.stderr.flush()
     os._exit(code)

@@ -206,7 +206,7 @@ def pluck_envelope(loudness_db: np.ndarray, note: np.ndarray, f0_hz: np.ndarray,
     value + `accent_db`: the onset offset can lift an onset at most `accent_db` above the sung level, and
     the note falls from there to the cap within ~100 ms instead of in one frame. A note that starts where
     the one before ends (legato) gets a release first: the last `release_frames` frames of the note before
-    fall linearly by up to `release_db`.
+    (at most its length) fall linearly by up to `release_db`.
     `learned` brings its own `attack_frames` (the statistic's onset rule).
     Frames outside notes (except those before a note's start) are returned unchanged. f0_hz: [F] Hz.
 
@@ -234,7 +234,7 @@ def pluck_envelope(loudness_db: np.ndarray, note: np.ndarray, f0_hz: np.ndarray,
     offset = 0.0
     if learned is not None and learned.get("onset_db_median") is not None and onsets:
         offset = float(learned["onset_db_median"]) - float(np.median([level for _, level in onsets]))
-    previous_end = 0
+    previous_start = previous_end = 0
     for (a, b), (k, level) in zip(segments, onsets):
         s = a
         if sung is not None and a != previous_end:
@@ -246,11 +246,17 @@ def pluck_envelope(loudness_db: np.ndarray, note: np.ndarray, f0_hz: np.ndarray,
         accent = accent_db * np.exp(-np.arange(cap.size) / max(float(accent_tau_frames), 1e-9))
         y[kk:] = np.minimum(y[kk:], cap + accent)
         out[s:b] = y
-        if s == previous_end and s > 0 and release_frames > 0:      # legato: the pick stops the string first
-            r = min(int(release_frames), s)
-            out[s - r:s] -= np.linspace(release_db / r, release_db, r)
-        previous_end = b
+        if s == previous_end and s > 0:                              # legato: the pick stops the string first
+            _legato_release(out, s, min(int(release_frames), s - previous_start), release_db)
+        previous_start, previous_end = s, b
     return out
+
+
+def _legato_release(loudness_db: np.ndarray, start: int, frames: int, release_db: float) -> None:
+    """In place: the `frames` frames of `loudness_db` ([F] dB) before frame `start` fall linearly by up to
+    `release_db` dB (the caller bounds `frames` by the previous note's length); nothing when frames <= 0."""
+    if frames > 0:
+        loudness_db[start - frames:start] -= np.linspace(release_db / frames, release_db, frames)
 
 
 def hold_note_pitch(f0_hz: np.ndarray, note: np.ndarray, segments: list | None = None) -> np.ndarray:
@@ -348,21 +354,23 @@ def transition_start(periodicity: np.ndarray, change: int, previous: int, drop: 
     """Where a legato note change found at frame `change` (`pitch_changes`) began, by the periodicity
     ([n] 0..1, one note run; the previous note starts at frame `previous`): from the periodicity minimum
     within `frames` frames before the change to TRANSITION_AHEAD_FRAMES after it, back to the first frame
-    that is more than `drop` below the previous note's median periodicity (at most `frames` frames before
-    the change); `change` itself where the periodicity does not dip. Returns a frame index <= change.
+    that is more than `drop` below the median periodicity of the previous note's frames before that
+    window (at most `frames` frames before the change, never into the previous note's first
+    MIN_SEGMENT_FRAMES, its own onset); `change` itself where the periodicity does not dip. Returns a frame
+    index <= change.
 
     Why: while a singer moves from one pitch to the next, the old and the new pitch overlap (or the voice
     glides) and the sound is less periodic; that starts when the new note starts, while the pitch track
     (a median over both) moves only once the new pitch dominates, 30-60 ms later on a slow attack.
     """
     p = np.asarray(periodicity, np.float64)
-    lo = max(int(previous), change - int(frames))
-    level = float(np.median(p[previous:max(previous + 1, lo)]))
+    lo = min(change, max(int(previous) + MIN_SEGMENT_FRAMES, change - int(frames)))
+    level = float(np.median(p[previous:max(lo, previous + 1)]))
     s = lo + int(np.argmin(p[lo:change + TRANSITION_AHEAD_FRAMES]))
     if p[s] >= level - drop:          # no dip: the change starts where the pitch moved
         return change
     s = min(s, change)
-    while s - 1 > lo and p[s - 1] < level - drop:
+    while s - 1 >= lo and p[s - 1] < level - drop:
         s -= 1
     return s
 

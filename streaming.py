@@ -380,6 +380,9 @@ class StreamingTransfer:
         while self.n_in >= self.step * self.P + self.need:
             self._run_step()
         start, n = self.emit_at, x.size
+        if self.out_start + self.out.size < start + n:
+            raise RuntimeError(f"latency_samples too small: block ends at output sample {start + n}, only "
+                               f"{self.out_start + self.out.size} computed")
         y = np.zeros(n, np.float32)
         a = max(start, self.out_start)
         if a < start + n:

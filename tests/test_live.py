@@ -53,6 +53,24 @@ def test_missing_portaudio_one_line():
     assert len(err) == 1 and "libportaudio2" in err[0] and "Traceback" not in r.stderr, r.stderr
 
 
+def test_simulate_missing_input_one_line(tmp_path):
+    """A subprocess run on a file that does not exist: exit 1, one line naming it, no traceback, no output."""
+    dst = tmp_path / "x.wav"
+    r = _run([str(ROOT / "live.py"), "--simulate", str(tmp_path / "missing.wav"), "-o", str(dst)])
+    err = r.stderr.strip().splitlines()
+    assert r.returncode == 1 and len(err) == 1 and "missing.wav" in err[0], r.stderr
+    assert "Traceback" not in r.stderr and not dst.exists()
+
+
+@pytest.mark.parametrize("exit_arg, code, err", [("'stopped: why'", 1, "stopped: why"), ("3", 3, ""), ("None", 0, "")])
+def test_exit_now_keeps_systemexit_code_and_message(exit_arg, code, err):
+    """live.py leaves through os._exit: a SystemExit's code passes through, and a message is printed as
+    Python itself would print it (stderr, exit 1)."""
+    prog = f"import live\ndef main(argv=None):\n    raise SystemExit({exit_arg})\nlive.main = main\nlive.exit_now()"
+    r = _run(["-c", prog])
+    assert r.returncode == code and r.stderr.strip() == err, r.stderr
+
+
 def test_missing_plugin_writes_nothing(tmp_path):
     src, dst = tmp_path / "voice.wav", tmp_path / "guitar.wav"
     sf.write(src, voice(0.5), SR)
@@ -110,7 +128,10 @@ def test_warm_up_leaves_no_trace(single_thread):
     ref = fx.process(fresh)
     fx.reset()
     engine = streaming.StreamingTransfer(m, 256)
+    steps, run_step = [], engine._run_step
+    engine._run_step = lambda: steps.append(1) or run_step()
     live.warm_up(engine, fx)
+    assert len(steps) >= 1                   # the warm-up ran the engine's internal step (its one-off costs)
     y = run(engine, x, 256)
     assert np.abs(y).max() > 1e-3 and np.array_equal(y, fresh)
     assert np.array_equal(fx.process(y), ref)

@@ -78,6 +78,23 @@ def test_legato_step_starts_where_the_periodicity_dip_begins():
     assert abs(est[1] - 0.84) < 0.012, est
 
 
+def test_transition_start_level_is_the_previous_notes_median():
+    """The previous note's periodicity level is the median of its frames before the look-back window (0.9),
+    not its first frame (0.72, a breathy onset), so a dip to 0.7 from frame 17 is the transition; the
+    breathy onset itself is never taken for one."""
+    p = np.array([0.72] + [0.9] * 16 + [0.7] * 3 + [0.9] * 10)
+    assert notes.transition_start(p, change=20, previous=0) == 17
+    assert notes.transition_start(np.where(p == 0.7, 0.9, p), change=20, previous=0) == 20   # no dip
+
+
+def test_transition_start_walks_back_to_the_look_back_limit():
+    """A dip that began before the look-back window (frames + 1 before the change) is cut at its first
+    frame, `change - frames`, not one later."""
+    p = np.full(60, 0.9)
+    p[10:31], p[31:41] = 0.5, 0.4                       # dip from frame 10, deepest at 31..40
+    assert notes.transition_start(p, change=40, previous=0, frames=25) == 15
+
+
 def test_pluck_envelope_and_held_pitch_follow_the_tracked_notes():
     """Through adjust_features: one held pitch per tracked note, and one pluck (a fresh onset) at each."""
     f0, per, loud, truth = sung_melody()

@@ -217,7 +217,12 @@ def test_bundled_model_carries_the_statistic_of_its_training_data():
     folder = ROOT / "data" / "processed" / "guitar_train"
     if not folder.is_dir():
         pytest.skip(f"{folder} not here (README, The bundled model, makes it); stored statistic not re-checked")
-    assert data.NeuralGuitarDataset(folder, split="train", val_fraction=0.1).stats["pluck_envelope"] == stat
+    fresh = data.NeuralGuitarDataset(folder, split="train", val_fraction=0.1).stats["pluck_envelope"]
+    assert fresh.keys() == stat.keys()
+    for key in stat:                        # CREPE's float32 results differ in the last digits across CPUs
+        rows = zip(fresh[key], stat[key]) if key == "curves_db" else [(fresh[key], stat[key])]
+        for a, b in rows:
+            np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-3, err_msg=key)
 
 
 # ---- onset level, note start, running-minimum cap, onset accent, held pitch -------------------------------------------
@@ -405,6 +410,12 @@ def test_a_legato_note_is_preceded_by_a_release_of_the_note_before():
     drop[200 - r:200] = 0.0
     np.testing.assert_array_equal(drop, 0.0)
     assert out[199] < out[200] - 20.0                   # the pluck starts from the released string
+    short = [(100, 102), (102, 300)]                    # a 2-frame note: only its own 2 frames fall
+    drop = (notes.pluck_envelope(loud, note, f0, LINEAR, segments=short, release_frames=0)
+            - notes.pluck_envelope(loud, note, f0, LINEAR, segments=short))
+    np.testing.assert_allclose(drop[100:102], [10.0, 20.0])
+    drop[100:102] = 0.0
+    np.testing.assert_array_equal(drop, 0.0)
     single = np.full(F, f0[0])                          # one note: no release anywhere
     np.testing.assert_array_equal(notes.pluck_envelope(loud, note, single, LINEAR),
                                   notes.pluck_envelope(loud, note, single, LINEAR, release_frames=0))

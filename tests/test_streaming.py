@@ -81,7 +81,7 @@ def test_latency_samples_is_the_smallest_that_works(block, single_thread):
     run(engine, x, block)
     engine.latency_samples -= features.HOP
     engine.reset()
-    with pytest.raises(ValueError):
+    with pytest.raises(RuntimeError, match="latency_samples too small"):
         run(engine, x, block)
 
 

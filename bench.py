@@ -459,15 +459,20 @@ def onset_in_span(y: np.ndarray, start: int, stop: int, fraction: float = 0.1, w
 
 
 def onset_latencies(process, block: int, audio: np.ndarray, starts: list[int], span: int) -> np.ndarray:
-    """Sung onset in -> guitar onset out, in samples, per note (NaN where the output stays silent): `audio`
-    [T] through `process` (block [block] -> block [block]) block by block; each onset by `onset_in_span`
-    over [note start, note start + span) of the input and of the output."""
+    """Sung onset in -> guitar onset out, in samples, per note: `audio` [T] through `process` (block
+    [block] -> block [block]) block by block; each onset by `onset_in_span` over [note start, note start +
+    span) of the input and of the output. NaN (missed) where the output stays silent, or where its onset
+    comes before the input's: a causal engine cannot answer early, so that is the previous note's tail."""
     n = -(-(audio.size + span) // block) * block
     x = np.zeros(n, np.float32)
     x[:audio.size] = audio
     y = np.concatenate([process(x[i:i + block]) for i in range(0, n, block)])
-    out = [onset_in_span(y, s, s + span) for s in starts]
-    return np.array([np.nan if o is None else o - onset_in_span(x, s, s + span) for o, s in zip(out, starts)])
+    lat = []
+    for s in starts:
+        o = onset_in_span(y, s, s + span)
+        d = np.nan if o is None else o - onset_in_span(x, s, s + span)
+        lat.append(d if d >= 0 else np.nan)
+    return np.array(lat, np.float64)
 
 
 def bench_live_latency(net, tracker, block: int = LIVE_BLOCK) -> dict:
@@ -511,7 +516,7 @@ def child_peak_rss(argv: list[str]) -> tuple[float, str]:
     lines = [line for line in lines if not line.startswith(RUSAGE_TAG)] or ["no output"]
     if proc.returncode or not rss:
         raise UserError(f"{' '.join(Path(a).name if a.endswith('.py') else a for a in argv)} failed "
-                        f"(exit {proc.returncode}): {lines[-1]}")
+                        f"(exit {proc.returncode}): {lines[-1].removeprefix('error: ')}")
     kb = int(rss[-1][len(RUSAGE_TAG):])
     return (kb / 2**20 if sys.platform == "darwin" else kb / 1024), lines[-1]
 

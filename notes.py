@@ -343,7 +343,7 @@ def pitch_changes(midi: np.ndarray, change: float = CHANGE_SEMITONES,
         body = m[prev:max(prev + 1, b - BACKTRACK_FRAMES)]
         threshold = max(PITCH_BACKTRACK_SEMITONES, float(np.max(np.abs(body - ref))))   # its vibrato's reach
         s = b
-        while s - 1 > max(prev, b - BACKTRACK_FRAMES) and abs(m[s - 1] - ref) > threshold:
+        while s - 1 >= max(prev + 1, b - BACKTRACK_FRAMES) and abs(m[s - 1] - ref) > threshold:
             s -= 1
         starts.append(s)
     return starts
@@ -356,7 +356,9 @@ def transition_start(periodicity: np.ndarray, change: int, previous: int, drop: 
     within `frames` frames before the change to TRANSITION_AHEAD_FRAMES after it, back to the first frame
     that is more than `drop` below the median periodicity of the previous note's frames before that
     window (at most `frames` frames before the change, never into the previous note's first
-    MIN_SEGMENT_FRAMES, its own onset); `change` itself where the periodicity does not dip. Returns a frame
+    MIN_SEGMENT_FRAMES, its own onset; a note shorter than MIN_SEGMENT_FRAMES + `frames` has only those
+    first frames for its level, so a breathy onset longer than half of them lowers it; a higher percentile
+    was tried: docs/experiments.md); `change` itself where the periodicity does not dip. Returns a frame
     index <= change.
 
     Why: while a singer moves from one pitch to the next, the old and the new pitch overlap (or the voice

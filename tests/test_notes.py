@@ -95,6 +95,16 @@ def test_transition_start_walks_back_to_the_look_back_limit():
     assert notes.transition_start(p, change=40, previous=0, frames=25) == 15
 
 
+def test_pitch_change_walks_back_to_its_look_back_limit(monkeypatch):
+    """A 400 ms glide C4 -> E4: the pitch leaves C4 long before the change is detected, so the note start is
+    moved back by exactly BACKTRACK_FRAMES (the limit), no frame less."""
+    midi = np.concatenate([np.full(150, 60.0), np.linspace(60.0, 64.0, 100), np.full(150, 64.0)])
+    limit, start = notes.BACKTRACK_FRAMES, notes.pitch_changes(midi)
+    monkeypatch.setattr(notes, "BACKTRACK_FRAMES", 0)                    # no walk-back: the detected change
+    detected = notes.pitch_changes(midi)
+    assert len(start) == len(detected) == 1 and detected[0] - start[0] == limit
+
+
 def test_pluck_envelope_and_held_pitch_follow_the_tracked_notes():
     """Through adjust_features: one held pitch per tracked note, and one pluck (a fresh onset) at each."""
     f0, per, loud, truth = sung_melody()

@@ -354,12 +354,11 @@ def transition_start(periodicity: np.ndarray, change: int, previous: int, drop: 
     """Where a legato note change found at frame `change` (`pitch_changes`) began, by the periodicity
     ([n] 0..1, one note run; the previous note starts at frame `previous`): from the periodicity minimum
     within `frames` frames before the change to TRANSITION_AHEAD_FRAMES after it, back to the first frame
-    that is more than `drop` below the median periodicity of the previous note's frames before that
-    window (at most `frames` frames before the change, never into the previous note's first
-    MIN_SEGMENT_FRAMES, its own onset; a note shorter than MIN_SEGMENT_FRAMES + `frames` has only those
-    first frames for its level, so a breathy onset longer than half of them lowers it; a higher percentile
-    was tried: docs/experiments.md); `change` itself where the periodicity does not dip. Returns a frame
-    index <= change.
+    that is more than `drop` below the previous note's level (at most `frames` frames before the change,
+    never within the previous note's first MIN_SEGMENT_FRAMES: its own onset); `change` itself where the
+    periodicity does not dip. The level is the median periodicity of the previous note's frames before
+    that window (for a short note only its first MIN_SEGMENT_FRAMES, so a breathy onset longer than half
+    of them lowers it). Returns a frame index <= change.
 
     Why: while a singer moves from one pitch to the next, the old and the new pitch overlap (or the voice
     glides) and the sound is less periodic; that starts when the new note starts, while the pitch track

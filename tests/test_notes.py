@@ -88,8 +88,8 @@ def test_transition_start_level_is_the_previous_notes_median():
 
 
 def test_transition_start_walks_back_to_the_look_back_limit():
-    """A dip that began before the look-back window (frames + 1 before the change) is cut at its first
-    frame, `change - frames`, not one later."""
+    """A dip that began before the look-back window is cut at the window's first frame, `change - frames`,
+    not one later."""
     p = np.full(60, 0.9)
     p[10:31], p[31:41] = 0.5, 0.4                       # dip from frame 10, deepest at 31..40
     assert notes.transition_start(p, change=40, previous=0, frames=25) == 15
